@@ -1,0 +1,52 @@
+# fifa-jax: `make demo` runs the pipeline end to end on embedded data; `make test`
+# runs the whole suite.  Both create the two environments when missing:
+#   .venv       fifa_jax (jax, flax, grain, orbax, transformers, torch CPU)
+#   .venv-prep  data_prep (mediapipe 0.10.21 needs numpy<2 and protobuf<5)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PREP := .venv-prep
+DEMO_DIR ?= demo_out
+# 8 host CPU devices, so the sharding tests see a real mesh.
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+PYTEST_ARGS ?=
+
+.PHONY: help env main-env prep-env test test-main test-prep demo clean
+
+help:
+	@echo "make demo   run the main job end to end on the embedded default data"
+	@echo "make test   run the whole test suite"
+	@echo "make env    create .venv and .venv-prep (done by demo/test when missing)"
+
+env: main-env prep-env
+main-env: $(VENV)/.installed
+prep-env: $(PREP)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -r requirements.txt
+	$(VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+$(PREP)/.installed: data_prep/requirements.txt pyproject.toml
+	test -x $(PREP)/bin/python || $(PYTHON) -m venv $(PREP)
+	$(PREP)/bin/python -m pip install -q --upgrade pip
+	$(PREP)/bin/python -m pip install -q -r data_prep/requirements.txt
+	$(PREP)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+test: test-main test-prep
+
+test-main: main-env
+	$(VENV)/bin/python -m pytest -q tests --ignore=tests/prep $(PYTEST_ARGS)
+
+test-prep: prep-env
+	$(PREP)/bin/python -m pytest -q tests/prep $(PYTEST_ARGS)
+
+demo: env
+	bash scripts/demo.sh $(DEMO_DIR)
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,163 @@
+"""The `fifa` command: one entry point for annotation, data, training, eval,
+inference and weight conversion.
+
+Subcommands import their heavy dependencies lazily, so `fifa --help` is quick.
+Those that need MediaPipe (`fifa prep ...`) run data_prep in its own
+environment (.venv-prep) as a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+app = typer.Typer(
+    name="fifa",
+    help="Fake-in-Facext (FiFa) in JAX: annotate faces, build FiFa-11 data, train, "
+         "evaluate, ask a model about a face, convert weights.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Build and inspect FiFa-11 datasets (ArrayRecord shards).",
+                       no_args_is_help=True)
+convert_app = typer.Typer(help="Convert weights to and from PyTorch / Hugging Face.",
+                          no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(convert_app, name="convert")
+
+
+def _not_yet(what: str, issue: int) -> None:
+  """Say plainly that a command does not exist yet, and fail."""
+  typer.echo(f"fifa {what}: not implemented yet (tracked in issue {issue}); nothing was run.",
+             err=True)
+  raise typer.Exit(code=1)
+
+
+# ---------------------------------------------------------------------------
+# prep: the annotator, in .venv-prep
+
+
+def prep_python() -> Path:
+  """The Python of the data_prep environment ($FIFA_PREP_PYTHON or .venv-prep)."""
+  env = os.environ.get("FIFA_PREP_PYTHON")
+  return Path(env) if env else REPO_ROOT / ".venv-prep" / "bin" / "python"
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                      "help_option_names": []},
+    add_help_option=False,
+)
+def prep(ctx: typer.Context) -> None:
+  """FiFa-Annotator: landmarks, face parsing, Region Masks, artifact concepts, boxes (runs in .venv-prep; `fifa prep --help` for more)."""
+  python = prep_python()
+  if not python.exists():
+    typer.echo(f"fifa prep: the data_prep environment is missing ({python}); "
+               "run `make prep-env` or set FIFA_PREP_PYTHON.", err=True)
+    raise typer.Exit(code=2)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  code = subprocess.call([str(python), "-m", "data_prep.cli", *ctx.args], env=env)
+  raise typer.Exit(code=code)
+
+
+# ---------------------------------------------------------------------------
+# FICT
+
+
+@app.command()
+def fict(
+    dump: bool = typer.Option(False, "--dump", help="Print the whole tree, indented."),
+    concept: Optional[str] = typer.Option(None, help="Show one concept."),
+) -> None:
+  """The Facial Image Concept Tree (184 concepts, 8 levels)."""
+  from fifa_jax import fict as fict_lib
+
+  args = (["--dump"] if dump else []) + (["--concept", concept] if concept else [])
+  raise typer.Exit(code=fict_lib.main(args))
+
+
+# ---------------------------------------------------------------------------
+# Commands that later issues fill.
+
+
+@data_app.command("synth")
+def data_synth() -> None:
+  """Synthetic forgeries with known artifact masks from offline real faces."""
+  _not_yet("data synth", 4)
+
+
+@data_app.command("build")
+def data_build() -> None:
+  """Images + masks -> FiFa-11 ArrayRecord shards (all tasks)."""
+  _not_yet("data build", 4)
+
+
+@data_app.command("stats")
+def data_stats() -> None:
+  """Per-task, per-split counts (as Table 2)."""
+  _not_yet("data stats", 4)
+
+
+@data_app.command("show")
+def data_show() -> None:
+  """Draw one record's prompt, answer and masks."""
+  _not_yet("data show", 4)
+
+
+@app.command()
+def train() -> None:
+  """Train FiFa-MLLM on a device mesh (grain pipeline, orbax checkpoints)."""
+  _not_yet("train", 7)
+
+
+@app.command("eval")
+def evaluate() -> None:
+  """FiFa-Bench / DD-VQA / DFA-Bench evaluation, mesh-sharded."""
+  _not_yet("eval", 8)
+
+
+@app.command()
+def infer() -> None:
+  """Ask a trained model about one face; writes JSON and a mask overlay."""
+  _not_yet("infer", 8)
+
+
+@convert_app.command("farl")
+def convert_farl() -> None:
+  """FaRL ViT-B/16 .pth -> fifa-jax face encoder."""
+  _not_yet("convert farl", 6)
+
+
+@convert_app.command("llama")
+def convert_llama() -> None:
+  """HF LLaMA/Vicuna directory <-> fifa-jax LLM."""
+  _not_yet("convert llama", 6)
+
+
+@convert_app.command("sam")
+def convert_sam() -> None:
+  """SAM/GLaMM mask-decoder weights -> fifa-jax multi-task decoder."""
+  _not_yet("convert sam", 6)
+
+
+@convert_app.command("model")
+def convert_model() -> None:
+  """Whole FiFa-MLLM state dict <-> fifa-jax checkpoint; PEFT LoRA export."""
+  _not_yet("convert model", 6)
+
+
+def main() -> None:
+  app(prog_name="fifa")
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,51 @@
+"""The `fifa` console script: help, honest not-yet commands, prep forwarding."""
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIFA = [sys.executable, "-m", "fifa_jax.cli"]
+
+
+def run(*args, env=None):
+  return subprocess.run([*FIFA, *args], capture_output=True, text=True,
+                        env={**os.environ, **(env or {})})
+
+
+def test_help_lists_every_subcommand():
+  r = run("--help")
+  assert r.returncode == 0
+  for cmd in ("prep", "data", "train", "eval", "infer", "convert", "fict"):
+    assert cmd in r.stdout
+
+
+@pytest.mark.parametrize("args", [("train",), ("eval",), ("infer",), ("data", "build"),
+                                  ("convert", "llama")])
+def test_unbuilt_commands_say_so_and_fail(args):
+  r = run(*args)
+  assert r.returncode == 1
+  assert "not implemented yet" in r.stderr and "nothing was run" in r.stderr
+
+
+def test_fict_dump_via_fifa():
+  r = run("fict", "--dump")
+  assert r.returncode == 0 and r.stdout.splitlines()[0] == "whole facial image"
+  assert len(r.stdout.splitlines()) == 184
+
+
+def test_prep_forwards_arguments_and_exit_code(tmp_path):
+  fake = tmp_path / "python"
+  fake.write_text("#!/bin/sh\necho \"prep got: $@\"\nexit 3\n")
+  fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+  r = run("prep", "regions", "img.png", "--out", "x.npz", env={"FIFA_PREP_PYTHON": str(fake)})
+  assert r.returncode == 3
+  assert "prep got: -m data_prep.cli regions img.png --out x.npz" in r.stdout
+
+
+def test_prep_without_its_environment_is_a_clear_error(tmp_path):
+  r = run("prep", "--help", env={"FIFA_PREP_PYTHON": str(tmp_path / "missing" / "python")})
+  assert r.returncode == 2 and "data_prep environment is missing" in r.stderr
