@@ -1,0 +1,279 @@
+"""FiFa-MLLM: the composition of Section 4.1 (Figure 3).
+
+  pixels ─► Face Encoder ─► I ─► image projector ─► I' ─┐
+                │ 4 layers ─► Box Encoder ─► box projector ─► B' ─┤ spliced into the
+  input_ids ─► LLM embeddings ────────────────────────────────────┘ prompt embeddings
+  ─► LLM (+LoRA) ─► text logits;  hidden state predicting each [SEG] ─► seg projector ─► E
+  I ─► decoder projector ─► I_in ─► Multi-Task Decoder: [D] ─► Det. head, [C] ─► Cls. head,
+                                    [M, E+R] and [M, E+A] per [SEG] ─► Pixel Decoder ─► masks
+
+Static shapes everywhere, so one jit covers every batch:
+- the prompt's single `<image>` is expanded by the collate step to L_I copies
+  (`expand_image_tokens`); the k-th copy in a row takes image feature k;
+- the k-th `<bbox>` of a row takes the feature of box k (`boxes` [B, K, 4], padded);
+- [SEG] states are gathered into `max_segs` slots with a validity mask, and the
+  decoder runs B * max_segs * 2 passes (padding included; the loss masks it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from fifa_jax import mesh as _mesh  # noqa: F401  (turns eager sharding off)
+from fifa_jax.infer import generate as gen
+from fifa_jax.models.box_encoder import BoxEncoder, BoxEncoderConfig
+from fifa_jax.models.llama import LlamaConfig, LlamaForCausalLM
+from fifa_jax.models.lora import LoraConfig
+from fifa_jax.models.pixel_decoder import Head, PixelDecoder, PixelDecoderConfig
+from fifa_jax.models.projector import Projector, ProjectorConfig
+from fifa_jax.models.two_way import MultiTaskDecoder, TwoWayConfig
+from fifa_jax.models.vit import ViTConfig, VisionTransformer
+
+
+@dataclasses.dataclass(frozen=True)
+class FiFaConfig:
+  vit: ViTConfig
+  box: BoxEncoderConfig
+  llama: LlamaConfig
+  decoder: TwoWayConfig
+  pixel: PixelDecoderConfig
+  # Ids of tokens.SPECIAL_TOKENS (tokens.special_token_ids(tokenizer) gives them).
+  image_token_id: int
+  bbox_token_id: int
+  p_open_token_id: int
+  p_close_token_id: int
+  seg_token_id: int
+  image_size: int = 224
+  max_segs: int = 8  # [SEG] slots per sample (extra [SEG]s get no mask)
+  dtype: str = "float32"  # compute dtype of the projectors
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if (self.box.vit_width, self.box.patch_size) != (self.vit.width, self.vit.patch_size):
+      raise ValueError("box encoder width/patch must match the face encoder's")
+    if max(self.box.layers) > self.vit.layers:
+      raise ValueError(f"box encoder layers {self.box.layers} exceed the encoder's {self.vit.layers}")
+    if self.pixel.dim != self.decoder.dim:
+      raise ValueError("pixel decoder and multi-task decoder widths differ")
+    ids = (self.image_token_id, self.bbox_token_id, self.p_open_token_id, self.p_close_token_id,
+           self.seg_token_id)
+    if max(ids) >= self.llama.vocab_size:
+      raise ValueError(f"special token ids {ids} exceed the vocabulary ({self.llama.vocab_size})")
+
+  @property
+  def grid(self) -> tuple[int, int]:
+    g = self.image_size // self.vit.patch_size
+    return g, g
+
+  @property
+  def num_image_tokens(self) -> int:
+    """L_I: how many copies of `<image>` the collate step writes."""
+    return self.grid[0] * self.grid[1]
+
+  @property
+  def mask_size(self) -> tuple[int, int]:
+    return 4 * self.grid[0], 4 * self.grid[1]
+
+  @classmethod
+  def paper(cls, **overrides) -> FiFaConfig:
+    """FaRL ViT-B/16 + Vicuna-7B (vocab 32000 + the 5 special tokens, LoRA r128) + SAM decoder."""
+    bf16 = dict(dtype="bfloat16", param_dtype="float32")
+    kw = dict(
+      vit=ViTConfig.farl_b16(**bf16), box=BoxEncoderConfig.paper(**bf16),
+      llama=LlamaConfig.vicuna_7b(vocab_size=32005, lora=LoraConfig(rank=128)),
+      decoder=TwoWayConfig.sam(**bf16), pixel=PixelDecoderConfig.faceptor(**bf16),
+      # tokens.add_special_tokens appends SPECIAL_TOKENS in order after Vicuna's 32000.
+      image_token_id=32000, bbox_token_id=32001, p_open_token_id=32002, p_close_token_id=32003,
+      seg_token_id=32004, **bf16)
+    return cls(**{**kw, **overrides})
+
+  @classmethod
+  def tiny(cls, **overrides) -> FiFaConfig:
+    vit = ViTConfig.tiny()
+    llama = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, lora=LoraConfig(rank=4, alpha=8.0, dropout=0.0))
+    kw = dict(vit=vit, box=BoxEncoderConfig.tiny(), llama=llama, decoder=TwoWayConfig.tiny(),
+              pixel=PixelDecoderConfig.tiny(), image_size=vit.image_size, max_segs=3,
+              image_token_id=123, bbox_token_id=124, p_open_token_id=125, p_close_token_id=126,
+              seg_token_id=127)
+    return cls(**{**kw, **overrides})
+
+
+def expand_image_tokens(ids: Sequence[int], image_token_id: int, n: int) -> list[int]:
+  """Collate step: each `<image>` id becomes `n` (= L_I) copies, so shapes stay static."""
+  out: list[int] = []
+  for t in ids:
+    out.extend([t] * n if t == image_token_id else [t])
+  return out
+
+
+class FiFaOutput(NamedTuple):
+  logits: jax.Array  # [B, T, V] float32 text logits
+  det_logits: jax.Array  # [B, det_classes]
+  cls_logits: jax.Array  # [B, cls_classes]
+  mask_logits: jax.Array  # [B, max_segs, 2, Hm, Wm]; [..., 0, :, :] Region, [..., 1, :, :] Artifact
+  seg_valid: jax.Array  # [B, max_segs] bool: slot holds a real [SEG]
+
+
+class FiFaGeneration(NamedTuple):
+  tokens: jax.Array  # [B, N] generated ids
+  lengths: jax.Array  # [B]
+  finished: jax.Array  # [B]
+  mask_logits: jax.Array  # [B, max_segs, 2, Hm, Wm], slot s = the s-th generated [SEG]
+  seg_valid: jax.Array  # [B, max_segs]
+
+
+def _nth_true(flags: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+  """Positions of the first `n` True entries per row [B, n], and which exist."""
+  pos = jax.vmap(lambda r: jnp.nonzero(r, size=n, fill_value=0)[0])(flags)
+  return pos.astype(jnp.int32), jnp.arange(n)[None, :] < flags.sum(axis=1, keepdims=True)
+
+
+def _splice(embeds: jax.Array, is_slot: jax.Array, feats: jax.Array) -> jax.Array:
+  """Replace the k-th flagged position of each row by feats[:, k] (k clipped to the last)."""
+  k = jnp.clip(jnp.cumsum(is_slot, axis=1) - 1, 0, feats.shape[1] - 1)
+  picked = jnp.take_along_axis(feats.astype(embeds.dtype), k[..., None], axis=1)
+  return jnp.where(is_slot[..., None], picked, embeds)
+
+
+class FiFaMLLM(nnx.Module):
+
+  def __init__(self, config: FiFaConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.config = c
+    d_llm, d_de = c.llama.hidden_size, c.decoder.dim
+    proj = functools.partial(ProjectorConfig, dtype=c.dtype, param_dtype=c.param_dtype)
+    self.vit = VisionTransformer(c.vit, rngs=rngs)  # Face Encoder
+    self.box_encoder = BoxEncoder(c.box, rngs=rngs)
+    self.llm = LlamaForCausalLM(c.llama, rngs=rngs)
+    self.image_projector = Projector(proj(c.vit.width, d_llm, axes=("vit_embed", "mlp", "embed")),
+                                     rngs=rngs)  # I -> I'
+    self.box_projector = Projector(proj(c.box.out_dim, d_llm, axes=(None, "mlp", "embed")),
+                                   rngs=rngs)  # B -> B'
+    self.seg_projector = Projector(proj(d_llm, d_de, axes=("embed", "mlp", "decoder_embed")),
+                                   rngs=rngs)  # [SEG] state -> E
+    self.decoder_projector = Projector(
+      proj(c.vit.width, d_de, axes=("vit_embed", "decoder_mlp", "decoder_embed")),
+      rngs=rngs)  # I -> I_in
+    self.decoder = MultiTaskDecoder(c.decoder, rngs=rngs)
+    self.pixel_decoder = PixelDecoder(c.pixel, rngs=rngs)
+    head = dict(rngs=rngs, dtype=c.pixel.dtype, param_dtype=c.pixel.param_dtype)
+    self.det_head = Head(d_de, c.pixel.det_classes, **head)
+    self.cls_head = Head(d_de, c.pixel.cls_classes, **head)
+
+  # -- pieces -----------------------------------------------------------------
+
+  def encode_image(self, pixels: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+    """pixels [B, H, W, 3] -> (I [B, L_I, width] patch tokens, the 4 Box Encoder layers)."""
+    want = [self.config.vit.layers, *self.config.box.layers]
+    states = self.vit.hidden_states(pixels, want)
+    return states[0][:, 1:], states[1:]
+
+  def prompt_embeds(self, input_ids: jax.Array, image: jax.Array, box_layers: list[jax.Array],
+                    boxes: jax.Array | None, image_hw: tuple[int, int]) -> jax.Array:
+    """LLM input embeddings with `<image>`/`<bbox>` positions replaced by I' / B'."""
+    c = self.config
+    x = self.llm.embed(input_ids)
+    x = _splice(x, input_ids == c.image_token_id, self.image_projector(image))
+    if boxes is not None:
+      b_feat = self.box_projector(self.box_encoder(box_layers, boxes, image_hw))
+      x = _splice(x, input_ids == c.bbox_token_id, b_feat)
+    return x
+
+  def decode_masks(self, image: jax.Array, seg_hidden: jax.Array) -> jax.Array:
+    """I [B, L_I, width], [SEG] states [B, S, D_llm] -> mask logits [B, S, 2, Hm, Wm]."""
+    grid = self.config.grid
+    i_in = self.decoder_projector(image)
+    concepts = self.seg_projector(seg_hidden)  # Concept Embeddings E
+    m_out, img_out = self.decoder.segment(i_in, grid, concepts)
+    b, s, two, n, d = img_out.shape
+    pix = self.pixel_decoder(img_out.reshape(b * s * two, n, d), grid)
+    masks = self.pixel_decoder.mask_logits(pix, m_out.reshape(b * s * two, 1, d))
+    return masks.reshape(b, s, two, *masks.shape[-2:])
+
+  def classify(self, image: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """I -> (Det. logits [B, 2], Cls. logits [B, n_cls]) from the D and C passes."""
+    d_out, c_out = self.decoder.classify(self.decoder_projector(image), self.config.grid)
+    return (self.det_head(d_out).astype(jnp.float32), self.cls_head(c_out).astype(jnp.float32))
+
+  # -- training forward -------------------------------------------------------
+
+  def __call__(self, input_ids: jax.Array, pixels: jax.Array, *, boxes: jax.Array | None = None,
+               attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
+               deterministic: bool = True) -> FiFaOutput:
+    """Teacher-forced pass over a padded batch.
+
+    input_ids [B, T] (image tokens already expanded), pixels [B, H, W, 3]
+    (CLIP-normalised), boxes [B, K, 4] in pixels, attention_mask [B, T] (1 = real).
+    """
+    c = self.config
+    image, box_layers = self.encode_image(pixels)
+    embeds = self.prompt_embeds(input_ids, image, box_layers, boxes, pixels.shape[1:3])
+    out = self.llm.forward(inputs_embeds=embeds, attention_mask=attention_mask,
+                           positions=positions, deterministic=deterministic)
+    # As LISA/GLaMM: the state at i predicts token i+1, so a [SEG] at i+1 reads position i.
+    predicts_seg = jnp.pad(input_ids[:, 1:] == c.seg_token_id, ((0, 0), (0, 1)))
+    if attention_mask is not None:
+      predicts_seg &= jnp.pad(attention_mask[:, 1:].astype(bool), ((0, 0), (0, 1)))
+    pos, valid = _nth_true(predicts_seg, c.max_segs)
+    seg_hidden = jnp.take_along_axis(out.hidden_states, pos[..., None], axis=1)
+    det, cls = self.classify(image)
+    masks = self.decode_masks(image, seg_hidden).astype(jnp.float32)
+    return FiFaOutput(logits=out.logits, det_logits=det, cls_logits=cls, mask_logits=masks,
+                      seg_valid=valid)
+
+  # -- inference --------------------------------------------------------------
+
+  def generate(self, input_ids: jax.Array, pixels: jax.Array, *, boxes: jax.Array | None = None,
+               attention_mask: jax.Array | None = None,
+               config: gen.GenerationConfig = gen.GenerationConfig(),
+               rng: jax.Array | None = None) -> FiFaGeneration:
+    """Text tokens plus a (Region, Artifact) mask pair for every generated [SEG]."""
+    return _generate(self, input_ids, pixels, boxes, attention_mask, config, rng)
+
+
+@nnx.jit(static_argnums=(5,))
+def _generate(model: FiFaMLLM, input_ids, pixels, boxes, attention_mask, config, rng):
+  c = model.config
+  image, box_layers = model.encode_image(pixels)
+  embeds = model.prompt_embeds(input_ids, image, box_layers, boxes, pixels.shape[1:3])
+  out = gen.generate(model.llm, inputs_embeds=embeds, attention_mask=attention_mask,
+                     config=config, rng=rng)
+  pos, valid = _nth_true(out.token_mask(c.seg_token_id), c.max_segs)
+  seg_hidden = jnp.take_along_axis(out.hidden, pos[..., None], axis=1)
+  masks = model.decode_masks(image, seg_hidden).astype(jnp.float32)
+  return FiFaGeneration(tokens=out.tokens, lengths=out.lengths, finished=out.finished,
+                        mask_logits=masks, seg_valid=valid)
+
+
+def upsample_masks(mask_logits: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """[..., Hm, Wm] -> [..., H, W] bilinear (as LISA's F.interpolate of low-res masks)."""
+  return jax.image.resize(mask_logits, (*mask_logits.shape[:-2], *size), "bilinear")
+
+
+COMPONENTS = ("vit", "box_encoder", "llm", "image_projector", "box_projector", "seg_projector",
+              "decoder_projector", "decoder", "pixel_decoder", "det_head", "cls_head")
+
+
+def param_counts(config: FiFaConfig) -> dict[str, int]:
+  """Parameters per component, from shapes only (nnx.eval_shape allocates nothing).
+
+  `llm` counts the base weights and `lora` the adapters separately; buffers
+  (SAM's Fourier matrix) are not parameters.
+  """
+  model = nnx.eval_shape(lambda: FiFaMLLM(config, rngs=nnx.Rngs(0)))
+  size = lambda state: sum(int(x.size) for x in jax.tree.leaves(state))
+  counts = {}
+  for name in COMPONENTS:
+    sub = getattr(model, name)
+    counts[name] = size(nnx.state(sub, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))))
+  counts["lora"] = size(nnx.state(model, nnx.LoRAParam))
+  counts["total"] = sum(counts.values())
+  return counts
