@@ -1,0 +1,226 @@
+"""FiFa-Annotator, vision side: `python -m data_prep.cli <command> ...` (run in .venv-prep).
+
+Commands:
+  regions IMAGE --out OUT.npz [--overlay OUT.png] [--artifact MASK | --real REAL]
+      Region Masks of all 184 FICT concepts for one image: OUT.npz holds one HxW bool
+      array per concept under its exact FICT name, `landmarks` (478x3, pixels) and
+      `parsing`; with an artifact mask (or a real source to compute it from) also
+      `artifact` and Step 2's `coverage`, `artifact_pixels`, `rank`,
+      `artifact_existing` (184, fict.NAMES order) and `parent_boxes` (72, fict.PARENTS).
+  batch IN_DIR --out OUT_DIR [--artifacts DIR | --reals DIR] [--workers N] [--overlays]
+      Every image under IN_DIR, resumable; see data_prep.batch for the layout.
+  artifact-mask REAL FAKE --out MASK.png
+      Step 1: the whole-image artifact mask of FAKE from its real source.
+  procedures
+      Print the region procedure of each Atomic Concept (Markdown with --markdown).
+
+Exit status: 0 success; 1 some images of a batch failed (see OUT_DIR/failures.tsv);
+2 bad usage or unusable input (the message names the input and the problem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_face_args(ap):
+  g = ap.add_argument_group("faces and parsing")
+  g.add_argument("--parser", default="builtin",
+                 help="'builtin' (landmarks + selfie segmentation, no weights) or a face-parsing .onnx model")
+  g.add_argument("--parser-labels", default="celebamask",
+                 help="class order of the ONNX model: celebamask (also DML-CSR), bisenet, or 19 comma-separated names")
+  g.add_argument("--parser-size", type=int, default=512, help="ONNX input size when the model's is dynamic")
+  g.add_argument("--parser-crop", choices=("full", "face"), default="full",
+                 help="ONNX: parse the whole picture, or a square around the face")
+  g.add_argument("--multi-face", choices=("largest", "error"), default="largest",
+                 help="several faces: annotate the largest (flagged) or fail")
+  g.add_argument("--max-cut", type=float, default=None,
+                 help="fail when more than this fraction of the landmarks lies outside the picture "
+                      "(default: never; cut faces are flagged)")
+  g = ap.add_argument_group("Step 2 / Step 5 (artifact-existing concepts, B-AGE boxes)")
+  g.add_argument("--max-rank", type=int, default=50, help="X: rank <= X by coverage ratio (default 50)")
+  g.add_argument("--min-ratio", type=float, default=10.0, help="Y: coverage ratio >= Y percent (default 10)")
+  g.add_argument("--min-pixels", type=int, default=50, help="Z: artifact pixels >= Z (default 50)")
+  g.add_argument("--rank-scope", choices=("separate", "joint"), default="separate",
+                 help="rank atomic and parent concepts separately (default) or together")
+  g.add_argument("--bage-boxes", type=int, default=20, help="random boxes per image (default 20)")
+  g.add_argument("--bage-min-concepts", type=int, default=3, help="keep boxes with >= this many concepts (3)")
+  g.add_argument("--bage-min-cover", type=float, default=0.5,
+                 help="a box encompasses a concept holding >= this share of its Regional Artifact Mask (0.5)")
+  g.add_argument("--seed", type=int, default=0, help="B-AGE box seed (combined with each image's name)")
+  _add_pair_args(ap)
+
+
+def _add_pair_args(ap):
+  g = ap.add_argument_group("Step 1 pair rule (artifact mask from a real/fake pair)")
+  g.add_argument("--top-percent", type=float, default=5.0, help="artifact = top P%% of grey differences (5)")
+  g.add_argument("--min-diff", type=float, default=1.0, help="grey differences below this never count (1)")
+  g.add_argument("--blur-sigma", type=float, default=0.0, help="Gaussian blur of the difference (0 = none)")
+  g.add_argument("--max-shift", type=float, default=1.0, help="reject pairs shifted by more pixels (1.0)")
+  g.add_argument("--min-corr", type=float, default=0.8, help="reject pairs less correlated (0.8)")
+
+
+def _pair_rule(a):
+  from data_prep.artifacts import PairRule
+  return PairRule(top_percent=a.top_percent, min_diff=a.min_diff, blur_sigma=a.blur_sigma,
+                  max_shift=a.max_shift, min_corr=a.min_corr)
+
+
+def _config(a):
+  from data_prep import artifacts, bage, pipeline
+  return pipeline.Config(
+      parser=a.parser, parser_labels=a.parser_labels, parser_size=a.parser_size, parser_crop=a.parser_crop,
+      multi_face=a.multi_face, max_cut=a.max_cut,
+      thresholds=artifacts.Thresholds(max_rank=a.max_rank, min_ratio=a.min_ratio, min_pixels=a.min_pixels,
+                                      rank_scope=a.rank_scope),
+      pair=_pair_rule(a),
+      bage=bage.BageRule(n_boxes=a.bage_boxes, min_concepts=a.bage_min_concepts, min_cover=a.bage_min_cover,
+                         seed=a.seed))
+
+
+class UsageError(Exception):
+  pass
+
+
+def _need_file(p, what):
+  if not Path(p).is_file():
+    raise UsageError(f"{p}: {what} not found")
+
+
+def cmd_regions(a) -> int:
+  import numpy as np
+
+  from data_prep import artifacts, imageio, overlay, pipeline, regions, store
+  from fifa_jax import fict
+  _need_file(a.image, "image")
+  if a.parser != "builtin":
+    _need_file(a.parser, "ONNX parser model")
+  rgb = imageio.load_image(a.image)
+  art = None
+  if a.artifact:
+    art = imageio.load_mask(a.artifact, rgb.shape[:2])
+  elif a.real:
+    art, _ = artifacts.artifact_mask_from_pair(imageio.load_image(a.real), rgb, _pair_rule(a))
+  ann = pipeline.Annotator(_config(a))
+  face, labels, allm = ann.regions(rgb)
+  out = {n: allm[i] for i, n in enumerate(fict.NAMES)}
+  out.update(landmarks=face.landmarks.astype(np.float32), parsing=labels,
+             parent_boxes=artifacts.parent_boxes(allm),
+             meta=np.array(json.dumps({"image": str(a.image), "n_faces": face.n_faces,
+                                       "cut_fraction": face.cut_fraction, "flags": face.flags,
+                                       "parser": ann.parser.name})))
+  if art is not None:
+    s2 = artifacts.step2(allm, art, ann.config.thresholds)
+    out.update(artifact=art, **s2)
+    flagged = [fict.NAMES[i] for i in np.flatnonzero(s2["artifact_existing"])]
+  store.save(a.out, out)
+  msg = f"{a.image}: {len(fict.NAMES)} Region Masks -> {a.out}"
+  if face.flags:
+    msg += f" (flags: {', '.join(face.flags)})"
+  if art is not None:
+    msg += f"; {len(flagged)} artifact-existing concepts"
+  if a.overlay:
+    atomic = allm[regions.ATOMIC_POS]
+    imageio.save_png(a.overlay, overlay.render(rgb, atomic, labels, title=Path(a.image).name,
+                                               landmarks=face.landmarks))
+    msg += f"; overlay -> {a.overlay}"
+  print(msg)
+  return 0
+
+
+def cmd_artifact_mask(a) -> int:
+  from data_prep import artifacts, imageio
+  _need_file(a.real, "real image")
+  _need_file(a.fake, "fake image")
+  mask, info = artifacts.artifact_mask_from_pair(imageio.load_image(a.real), imageio.load_image(a.fake),
+                                                 _pair_rule(a))
+  imageio.save_png(a.out, mask)
+  print(f"{a.fake}: artifact mask -> {a.out} ({info['fraction']:.2%} of pixels, threshold {info['threshold']:.1f}, "
+        f"shift ({info['shift'][0]:+.2f}, {info['shift'][1]:+.2f}) px, correlation {info['corr']:.3f})")
+  return 0
+
+
+def cmd_batch(a) -> int:
+  from data_prep import batch
+  if a.artifacts and a.reals:
+    raise UsageError("give --artifacts or --reals, not both")
+  if a.parser != "builtin":
+    _need_file(a.parser, "ONNX parser model")
+  s = batch.run(a.in_dir, a.out, _config(a), workers=a.workers, artifacts=a.artifacts, reals=a.reals,
+                overlays=a.overlays, progress=not a.quiet)
+  print(f"{s['images']} images: {s['done_before']} already done, {s['ok']} annotated, {s['failed']} failed "
+        f"({s['flagged']} flagged), {s['seconds']} s, {s['images_per_second']} images/s")
+  if s["failed"]:
+    print(f"failures: {s['failures_log']}", file=sys.stderr)
+  return 1 if s["failed"] else 0
+
+
+def cmd_procedures(a) -> int:
+  from data_prep import regions
+  return regions.main(["--doc"] if a.markdown else [])
+
+
+def build_parser():
+  ap = argparse.ArgumentParser(prog="fifa prep", description=__doc__.split("\n")[0],
+                               epilog="Exit status: 0 ok, 1 failures in a batch (see its log), 2 bad usage or input.")
+  sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+  p = sub.add_parser("regions", help="Region Masks of all 184 concepts for one image",
+                     description="Region Masks of all 184 FICT concepts for one image.")
+  p.add_argument("image", help="face image (any RGB, RGBA or grey format PIL reads; EXIF orientation applied)")
+  p.add_argument("--out", required=True, help="output .npz: one HxW bool array per FICT concept, plus landmarks")
+  p.add_argument("--overlay", help="also write a labelled colour overlay (PNG)")
+  g = p.add_mutually_exclusive_group()
+  g.add_argument("--artifact", help="whole-image artifact mask (nonzero = artifact): adds Step 2")
+  g.add_argument("--real", help="real source image of IMAGE: artifact mask by the pair rule, adds Step 2")
+  _add_face_args(p)
+  p.set_defaults(fn=cmd_regions)
+
+  p = sub.add_parser("batch", help="annotate a folder (workers, resume, failure log)",
+                     description="Annotate every image under IN_DIR into OUT_DIR/<relative path>.npz.")
+  p.add_argument("in_dir", metavar="IN_DIR")
+  p.add_argument("--out", required=True, help="output folder")
+  g = p.add_mutually_exclusive_group()
+  g.add_argument("--artifacts", help="folder of artifact masks, same relative paths (missing = real image)")
+  g.add_argument("--reals", help="folder of the real sources of the fakes in IN_DIR, same relative paths")
+  p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+  p.add_argument("--overlays", action="store_true", help="also write OUT_DIR/overlays/<rel>.png (slow)")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  _add_face_args(p)
+  p.set_defaults(fn=cmd_batch)
+
+  p = sub.add_parser("artifact-mask", help="Step 1: artifact mask from a real/fake pair",
+                     description="Whole-image artifact mask of FAKE from its real source REAL (Step 1).")
+  p.add_argument("real", metavar="REAL")
+  p.add_argument("fake", metavar="FAKE")
+  p.add_argument("--out", required=True, help="output mask PNG (255 = artifact)")
+  _add_pair_args(p)
+  p.set_defaults(fn=cmd_artifact_mask)
+
+  p = sub.add_parser("procedures", help="print the region procedure of each Atomic Concept")
+  p.add_argument("--markdown", action="store_true")
+  p.set_defaults(fn=cmd_procedures)
+  return ap
+
+
+def main(argv=None) -> int:
+  ap = build_parser()
+  a = ap.parse_args(argv)
+  from data_prep.artifacts import PairError
+  from data_prep.imageio import ImageError
+  from data_prep.landmarks import FaceError
+  try:
+    return a.fn(a)
+  except (UsageError, ImageError, FaceError, PairError, FileNotFoundError, ValueError) as e:
+    where = getattr(a, "image", None) or getattr(a, "fake", None) or getattr(a, "in_dir", "")
+    text = str(e)
+    if where and str(where) not in text:
+      text = f"{where}: {text}"
+    print(f"fifa prep {a.cmd}: error: {text}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

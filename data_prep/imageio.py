@@ -1,0 +1,82 @@
+"""Reading images for the annotator: any RGB, RGBA or grey file, EXIF orientation applied.
+
+`load_image(path)` returns HxWx3 uint8 RGB.  Alpha is dropped (the colour under it is
+kept, no compositing); grey (8- or 16-bit) and palette images are expanded to RGB;
+16-bit and float images are scaled to 8 bits.  Unreadable files raise `ImageError`,
+whose message names the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class ImageError(ValueError):
+  """An input image that cannot be used; the message names it and the problem."""
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+  """A PIL image in any mode as HxWx3 uint8 RGB (EXIF orientation already applied)."""
+  if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    a = np.asarray(im, dtype=np.float64)
+    hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+    if im.mode == "F" and a.max() <= 1.0:
+      hi = 1.0
+    a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(a[..., None], 3, axis=2))
+  if im.mode != "RGB":
+    im = im.convert("RGBA" if im.mode in ("P", "PA") and "transparency" in im.info else im.mode)
+    im = im.convert("RGB")
+  return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+  path = Path(path)
+  if not path.exists():
+    raise ImageError(f"{path}: no such file")
+  try:
+    with Image.open(path) as im:
+      im.load()
+      im = ImageOps.exif_transpose(im)
+      rgb = to_rgb(im)
+  except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    raise ImageError(f"{path}: not a readable image ({e})") from None
+  if rgb.ndim != 3 or rgb.shape[0] < 8 or rgb.shape[1] < 8:
+    raise ImageError(f"{path}: image of shape {rgb.shape} is too small (at least 8x8)")
+  return rgb
+
+
+def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+  """A binary mask image (any mode; nonzero is True), EXIF orientation applied."""
+  path = Path(path)
+  try:
+    with Image.open(path) as im:
+      im.load()
+      im = ImageOps.exif_transpose(im)
+      a = np.asarray(im.convert("L")) if im.mode not in ("1", "L") else np.asarray(im)
+  except FileNotFoundError:
+    raise ImageError(f"{path}: no such file") from None
+  except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    raise ImageError(f"{path}: not a readable mask image ({e})") from None
+  m = a > 127 if a.dtype == np.uint8 else a.astype(bool)
+  if shape is not None and m.shape != tuple(shape):
+    raise ImageError(f"{path}: mask is {m.shape[1]}x{m.shape[0]} but the image is {shape[1]}x{shape[0]}")
+  return m
+
+
+def save_png(path: str | os.PathLike, array: np.ndarray) -> None:
+  """Write an image atomically (temporary file in the same folder, then rename)."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  a = np.asarray(array)
+  if a.dtype == bool:
+    a = a.astype(np.uint8) * 255
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  Image.fromarray(a).save(tmp, format="PNG")
+  os.replace(tmp, path)

@@ -1,0 +1,121 @@
+"""Facial landmarks: MediaPipe FaceMesh 0.10.21 with refined landmarks (478 points).
+
+`Landmarker().detect(rgb)` returns a `FaceResult` with `landmarks`, a (478, 3)
+float32 array in pixels: x and y are image columns and rows (pixel centres at
+integer + 0.5 are not used; MediaPipe's normalised x*W, y*H), z is MediaPipe's
+relative depth scaled by the image width (smaller is nearer the camera).
+
+Per-image outcomes (docs/annotator.md):
+* no face: `NoFaceError`.  Before giving up the image is tried once more inside a
+  grey border of 25% per side, which rescues tight crops and faces cut by the edge.
+* several faces: by default the largest face (area of its landmark box) is used and
+  `n_faces` records how many were found (flag `several_faces`); with
+  `multi_face="error"` a `SeveralFacesError` is raised instead.
+* a face cut by the image border: `cut_fraction` is the share of the 478 landmarks
+  outside the image.  By default the face is used and flagged (`cut_face`), and the
+  masks are clipped to the image; with `max_cut=<fraction>` a face cut more than
+  that raises `CutFaceError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+NUM_LANDMARKS = 478
+
+
+class FaceError(ValueError):
+  """No usable face in an image; the message says why."""
+
+
+class NoFaceError(FaceError):
+  pass
+
+
+class SeveralFacesError(FaceError):
+  pass
+
+
+class CutFaceError(FaceError):
+  pass
+
+
+@dataclasses.dataclass
+class FaceResult:
+  landmarks: np.ndarray       # (478, 3) float32, pixels
+  n_faces: int = 1            # faces found; the largest is `landmarks`
+  cut_fraction: float = 0.0   # share of landmarks outside the image
+  padded: bool = False        # found only after padding the image
+
+  @property
+  def flags(self) -> list[str]:
+    out = []
+    if self.n_faces > 1:
+      out.append("several_faces")
+    if self.cut_fraction > 0:
+      out.append("cut_face")
+    if self.padded:
+      out.append("found_after_padding")
+    return out
+
+
+def cut_fraction(landmarks: np.ndarray, height: int, width: int) -> float:
+  x, y = landmarks[:, 0], landmarks[:, 1]
+  outside = (x < 0) | (x >= width) | (y < 0) | (y >= height)
+  return float(outside.mean())
+
+
+class Landmarker:
+  """One FaceMesh graph, reused for every image (build one per process)."""
+
+  def __init__(self, max_faces: int = 4, min_confidence: float = 0.5,
+               multi_face: str = "largest", max_cut: float | None = None, pad_retry: bool = True):
+    if multi_face not in ("largest", "error"):
+      raise ValueError(f"multi_face must be 'largest' or 'error', not {multi_face!r}")
+    import mediapipe as mp  # deferred: heavy, and only this module needs it
+    self._mesh = mp.solutions.face_mesh.FaceMesh(
+        static_image_mode=True, refine_landmarks=True, max_num_faces=max_faces,
+        min_detection_confidence=min_confidence)
+    self.multi_face = multi_face
+    self.max_cut = max_cut
+    self.pad_retry = pad_retry
+
+  def close(self):
+    self._mesh.close()
+
+  def _faces(self, rgb: np.ndarray) -> list[np.ndarray]:
+    h, w = rgb.shape[:2]
+    res = self._mesh.process(np.ascontiguousarray(rgb))
+    faces = []
+    for f in res.multi_face_landmarks or []:
+      a = np.array([(p.x * w, p.y * h, p.z * w) for p in f.landmark], dtype=np.float32)
+      if a.shape == (NUM_LANDMARKS, 3):
+        faces.append(a)
+    return faces
+
+  def detect(self, rgb: np.ndarray) -> FaceResult:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+      raise ValueError(f"expected HxWx3 uint8 RGB, got {rgb.shape} {rgb.dtype}")
+    h, w = rgb.shape[:2]
+    faces, padded = self._faces(rgb), False
+    if not faces and self.pad_retry:
+      p = max(h, w) // 4
+      big = np.full((h + 2 * p, w + 2 * p, 3), 127, np.uint8)
+      big[p:p + h, p:p + w] = rgb
+      faces = self._faces(big)
+      for f in faces:
+        f[:, :2] -= p
+      padded = bool(faces)
+    if not faces:
+      raise NoFaceError("no face found")
+    if len(faces) > 1 and self.multi_face == "error":
+      raise SeveralFacesError(f"{len(faces)} faces found (multi_face='error')")
+    area = [np.ptp(f[:, 0]) * np.ptp(f[:, 1]) for f in faces]
+    lm = faces[int(np.argmax(area))]
+    cut = cut_fraction(lm, h, w)
+    if self.max_cut is not None and cut > self.max_cut:
+      raise CutFaceError(f"face cut by the image border: {cut:.0%} of its landmarks lie outside "
+                         f"(max_cut={self.max_cut:.0%})")
+    return FaceResult(lm, n_faces=len(faces), cut_fraction=cut, padded=padded)

@@ -1,0 +1,92 @@
+"""One image through the annotator: landmarks -> parsing -> 112 Region Masks ->
+(with an artifact mask) Step 2 and Step 5.  Used by the CLI, batch mode and bench."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from data_prep import artifacts, bage, landmarks, parsing, regions, store
+from data_prep import masks as M
+
+from fifa_jax import fict
+
+
+@dataclasses.dataclass
+class Config:
+  parser: str = "builtin"            # "builtin" or a path to an .onnx model
+  parser_labels: str = "celebamask"  # ONNX class order
+  parser_size: int = 512
+  parser_crop: str = "full"
+  multi_face: str = "largest"        # or "error"
+  max_cut: float | None = None       # None: cut faces are flagged, never rejected
+  thresholds: artifacts.Thresholds = dataclasses.field(default_factory=artifacts.Thresholds)
+  pair: artifacts.PairRule = dataclasses.field(default_factory=artifacts.PairRule)
+  bage: bage.BageRule = dataclasses.field(default_factory=bage.BageRule)
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+class Annotator:
+  """Holds the MediaPipe graphs (one per process) and runs the steps for one image."""
+
+  def __init__(self, config: Config | None = None):
+    self.config = c = config or Config()
+    self.landmarker = landmarks.Landmarker(multi_face=c.multi_face, max_cut=c.max_cut)
+    if c.parser == "builtin":
+      self.parser = parsing.BuiltinParser()
+    else:
+      self.parser = parsing.OnnxParser(c.parser, labels=c.parser_labels, size=c.parser_size, crop=c.parser_crop)
+
+  def close(self):
+    self.landmarker.close()
+    self.parser.close()
+
+  def _buffer(self, h: int, w: int) -> np.ndarray:
+    """A (184, H, W) bool work array, kept between images of the same size."""
+    b = getattr(self, "_buf", None)
+    if b is None or b.shape[1:] != (h, w):
+      b = self._buf = np.empty((len(fict.NAMES), h, w), bool)
+    return b
+
+  def regions(self, rgb: np.ndarray):
+    """(FaceResult, parsing labels, (184, H, W) bool Region Masks in fict.NAMES order).
+
+    The mask array is this annotator's work buffer: copy it to keep it past the next call.
+    """
+    face = self.landmarker.detect(rgb)
+    labels = self.parser.parse(rgb, face.landmarks)
+    allm = regions.fill_concepts(self._buffer(*rgb.shape[:2]), labels, face.landmarks)
+    return face, labels, allm
+
+  def annotate(self, rgb: np.ndarray, artifact: np.ndarray | None = None, key: str = "",
+               meta: dict | None = None) -> dict:
+    """The arrays of a data_prep.store file for one image."""
+    h, w = rgb.shape[:2]
+    if artifact is not None and artifact.shape != (h, w):
+      raise ValueError(f"artifact mask is {artifact.shape[1]}x{artifact.shape[0]}, image is {w}x{h}")
+    face, labels, allm = self.regions(rgb)
+    atomic_bits = np.empty((len(fict.ATOMIC), h, (w + 7) // 8), np.uint8)
+    for k, p in enumerate(regions.ATOMIC_POS):
+      atomic_bits[k] = np.packbits(allm[p], axis=-1)
+    out = {"format": np.array(store.FORMAT), "height": np.array(h), "width": np.array(w),
+           "atomic_bits": atomic_bits, "parsing": labels, "landmarks": face.landmarks.astype(np.float32),
+           "parent_boxes": artifacts.parent_boxes(allm)}
+    if artifact is not None:
+      s2 = artifacts.step2(allm, artifact, self.config.thresholds)
+      out.update(s2)
+      out["artifact_bits"] = M.pack(artifact)
+      existing_atomic = s2["artifact_existing"][regions.ATOMIC_POS]
+      out.update(bage.bage_boxes([allm[p] for p in regions.ATOMIC_POS], artifact, existing_atomic,
+                                 self.config.bage, key))
+    else:
+      out["region_pixels"] = artifacts.region_pixels(allm)
+    m = {"key": key, "height": h, "width": w, "n_faces": face.n_faces, "cut_fraction": face.cut_fraction,
+         "flags": face.flags, "parser": self.parser.name, "config": self.config.to_json(),
+         "concepts": len(fict.NAMES)}
+    m.update(meta or {})
+    out["meta"] = np.array(json.dumps(m))
+    return out
