@@ -64,10 +64,14 @@ def sam():
                              layer_norm_eps=CFG.layer_norm_eps))
   cfg._attn_implementation = "eager"
   model = transformers.SamModel(cfg).eval()
-  with torch.no_grad():  # identity LayerNorms would hide a mis-mapped norm
+  with torch.no_grad():  # HF's init (tiny weights, identity norms) would hide mapping errors
     for name, p in model.mask_decoder.named_parameters():
       if "norm" in name:
         p.add_(0.2 * torch.randn_like(p))
+      elif p.dim() == 1:
+        p.copy_(0.1 * torch.randn_like(p))
+      else:
+        p.copy_(torch.randn_like(p) / (p.numel() / p.shape[0]) ** 0.5)
   return model
 
 
@@ -115,6 +119,8 @@ def test_two_way_transformer_matches_hf(sam, ours):
       point_embeddings=torch.from_numpy(tokens), image_embeddings=torch.from_numpy(image),
       image_positional_embeddings=pe, attention_similarity=None)
   q, k = dec.run(_tokens_nhwc(image), (GRID, GRID), jnp.asarray(tokens[:, 0]))
+  print("two-way max abs diff: tokens %.1e, image %.1e" % (
+    np.abs(np.asarray(q) - q_ref[:, 0].numpy()).max(), np.abs(np.asarray(k) - k_ref[:, 0].numpy()).max()))
   np.testing.assert_allclose(np.asarray(q), q_ref[:, 0].numpy(), atol=1e-4, rtol=0)
   np.testing.assert_allclose(np.asarray(k), k_ref[:, 0].numpy(), atol=1e-4, rtol=0)
 
@@ -141,6 +147,8 @@ def test_mask_prediction_matches_hf(sam, ours):
     for layer, name in zip(pix.query_mlp.layers, ("proj_in", "layers.0", "proj_out")):
       _linear(layer, md, prefix + name)
     got = pix.mask_logits(p, q[:, 1 + i:2 + i])[:, 0]
+    print("mask %d max abs diff %.1e (max |logit| %.3g)" % (
+      i, np.abs(np.asarray(got) - masks_ref[:, 0, i - 1].numpy()).max(), np.abs(got).max()))
     np.testing.assert_allclose(np.asarray(got), masks_ref[:, 0, i - 1].numpy(), atol=1e-4, rtol=0)
 
 
