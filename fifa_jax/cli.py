@@ -85,6 +85,23 @@ def fict(
   raise typer.Exit(code=fict_lib.main(args))
 
 
+@app.command()
+def params(
+    config: str = typer.Option("paper", help="Model preset: paper (FaRL ViT-B/16 + Vicuna-7B) or tiny."),
+) -> None:
+  """Parameter count per FiFa-MLLM component, from shapes only (nothing allocated)."""
+  from fifa_jax.models import fifa as fifa_model
+
+  presets = {"paper": fifa_model.FiFaConfig.paper, "tiny": fifa_model.FiFaConfig.tiny}
+  if config not in presets:
+    typer.echo(f"fifa params: unknown --config {config!r}; choose from {sorted(presets)}", err=True)
+    raise typer.Exit(code=2)
+  counts = fifa_model.param_counts(presets[config]())
+  width = max(map(len, counts))
+  for name, n in counts.items():
+    typer.echo(f"{name:<{width}}  {n:>15,}")
+
+
 # ---------------------------------------------------------------------------
 # Commands that later issues fill.
 

@@ -49,3 +49,14 @@ def test_prep_forwards_arguments_and_exit_code(tmp_path):
 def test_prep_without_its_environment_is_a_clear_error(tmp_path):
   r = run("prep", "--help", env={"FIFA_PREP_PYTHON": str(tmp_path / "missing" / "python")})
   assert r.returncode == 2 and "data_prep environment is missing" in r.stderr
+
+
+def test_params_prints_counts_per_component():
+  r = run("params", "--config", "tiny")
+  assert r.returncode == 0, r.stderr
+  rows = dict(line.split() for line in r.stdout.splitlines())
+  assert {"vit", "llm", "lora", "decoder", "pixel_decoder", "total"} <= set(rows)
+  counts = {k: int(v.replace(",", "")) for k, v in rows.items()}
+  assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+  bad = run("params", "--config", "huge")
+  assert bad.returncode == 2 and "unknown --config" in bad.stderr
