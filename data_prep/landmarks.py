@@ -11,6 +11,10 @@ Per-image outcomes (docs/annotator.md):
 * several faces: by default the largest face (area of its landmark box) is used and
   `n_faces` records how many were found (flag `several_faces`); with
   `multi_face="error"` a `SeveralFacesError` is raised instead.
+* flip averaging (default): the landmarks are the mean of those of the picture and
+  those of its mirror image mirrored back (index permutation data_prep.mesh.MIRROR),
+  which removes MediaPipe's own left/right bias and makes the annotator equivariant
+  under horizontal flips (`flip_average=False` to use one pass).
 * a face cut by the image border: `cut_fraction` is the share of the 478 landmarks
   outside the image.  By default the face is used and flagged (`cut_face`), and the
   masks are clipped to the image; with `max_cut=<fraction>` a face cut more than
@@ -71,7 +75,8 @@ class Landmarker:
   """One FaceMesh graph, reused for every image (build one per process)."""
 
   def __init__(self, max_faces: int = 4, min_confidence: float = 0.5,
-               multi_face: str = "largest", max_cut: float | None = None, pad_retry: bool = True):
+               multi_face: str = "largest", max_cut: float | None = None, pad_retry: bool = True,
+               flip_average: bool = True):
     if multi_face not in ("largest", "error"):
       raise ValueError(f"multi_face must be 'largest' or 'error', not {multi_face!r}")
     import mediapipe as mp  # deferred: heavy, and only this module needs it
@@ -81,6 +86,7 @@ class Landmarker:
     self.multi_face = multi_face
     self.max_cut = max_cut
     self.pad_retry = pad_retry
+    self.flip_average = flip_average
 
   def close(self):
     self._mesh.close()
@@ -114,8 +120,36 @@ class Landmarker:
       raise SeveralFacesError(f"{len(faces)} faces found (multi_face='error')")
     area = [np.ptp(f[:, 0]) * np.ptp(f[:, 1]) for f in faces]
     lm = faces[int(np.argmax(area))]
+    if self.flip_average:
+      lm = self._flip_average(rgb, lm, padded)
     cut = cut_fraction(lm, h, w)
     if self.max_cut is not None and cut > self.max_cut:
       raise CutFaceError(f"face cut by the image border: {cut:.0%} of its landmarks lie outside "
                          f"(max_cut={self.max_cut:.0%})")
     return FaceResult(lm, n_faces=len(faces), cut_fraction=cut, padded=padded)
+
+  def _flip_average(self, rgb: np.ndarray, lm: np.ndarray, padded: bool) -> np.ndarray:
+    """Average with the landmarks of the mirrored picture, mirrored back (matched face only)."""
+    from data_prep.mesh import MIRROR
+    h, w = rgb.shape[:2]
+    flipped = np.ascontiguousarray(rgb[:, ::-1])
+    if padded:
+      p = max(h, w) // 4
+      big = np.full((h + 2 * p, w + 2 * p, 3), 127, np.uint8)
+      big[p:p + h, p:p + w] = flipped
+      faces = self._faces(big)
+      for f in faces:
+        f[:, :2] -= p
+    else:
+      faces = self._faces(flipped)
+    best, best_d = None, np.inf
+    for f in faces:
+      back = f[MIRROR].copy()
+      back[:, 0] = w - back[:, 0]
+      d = float(np.linalg.norm(back[:, :2] - lm[:, :2], axis=1).mean())
+      if d < best_d:
+        best, best_d = back, d
+    scale = max(np.ptp(lm[:, 0]), np.ptp(lm[:, 1]), 1.0)
+    if best is None or best_d > 0.05 * scale:  # not the same face: keep the direct estimate
+      return lm
+    return ((lm + best) / 2).astype(np.float32)

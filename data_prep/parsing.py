@@ -159,7 +159,8 @@ class BuiltinParser(FaceParser):
   Geometry (frame units: s = distance between the eye centres, v grows down the face):
   * face: the face-oval polygon is skin; nose, brows, eyes, lips and the inside of the
     mouth are landmark polygons painted over it (l_* on the subject's left).
-  * person: selfie segmentation > `threshold`, united with the face.
+  * person: selfie segmentation > `threshold` (probability averaged with that of the
+    mirrored picture unless flip_average=False), united with the face.
   * ears: on each side an ellipse just outside the oval at landmark 234/454, spanning
     from the lateral brow end down to the nose base, half-width 0.14 s scaled by how
     much of that side faces the camera (none when the side is turned away), kept where
@@ -175,17 +176,23 @@ class BuiltinParser(FaceParser):
 
   name = "builtin"
 
-  def __init__(self, threshold: float = 0.5, model_selection: int = 0):
+  def __init__(self, threshold: float = 0.5, model_selection: int = 0, flip_average: bool = True):
     import mediapipe as mp
     self._seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model_selection)
     self.threshold = threshold
+    self.flip_average = flip_average
 
   def close(self):
     self._seg.close()
 
   def person(self, rgb: np.ndarray) -> np.ndarray:
-    res = self._seg.process(np.ascontiguousarray(rgb))
-    return res.segmentation_mask > self.threshold
+    """Selfie segmentation > threshold; with flip_average the probability is averaged
+    with that of the mirrored picture (mirrored back)."""
+    prob = self._seg.process(np.ascontiguousarray(rgb)).segmentation_mask
+    if self.flip_average:
+      prob_f = self._seg.process(np.ascontiguousarray(rgb[:, ::-1])).segmentation_mask
+      prob = (prob + prob_f[:, ::-1]) * 0.5
+    return prob > self.threshold
 
   def parse(self, rgb, landmarks):
     return builtin_labels(self.person(rgb), landmarks)

@@ -22,6 +22,7 @@ class Config:
   parser_crop: str = "full"
   multi_face: str = "largest"        # or "error"
   max_cut: float | None = None       # None: cut faces are flagged, never rejected
+  flip_average: bool = True          # average MediaPipe's outputs with those of the mirrored picture
   thresholds: artifacts.Thresholds = dataclasses.field(default_factory=artifacts.Thresholds)
   pair: artifacts.PairRule = dataclasses.field(default_factory=artifacts.PairRule)
   bage: bage.BageRule = dataclasses.field(default_factory=bage.BageRule)
@@ -35,9 +36,10 @@ class Annotator:
 
   def __init__(self, config: Config | None = None):
     self.config = c = config or Config()
-    self.landmarker = landmarks.Landmarker(multi_face=c.multi_face, max_cut=c.max_cut)
+    self.landmarker = landmarks.Landmarker(multi_face=c.multi_face, max_cut=c.max_cut,
+                                           flip_average=c.flip_average)
     if c.parser == "builtin":
-      self.parser = parsing.BuiltinParser()
+      self.parser = parsing.BuiltinParser(flip_average=c.flip_average)
     else:
       self.parser = parsing.OnnxParser(c.parser, labels=c.parser_labels, size=c.parser_size, crop=c.parser_crop)
 
