@@ -172,6 +172,9 @@ class FiFaMLLM(nnx.Module):
 
   def encode_image(self, pixels: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
     """pixels [B, H, W, 3] -> (I [B, L_I, width] patch tokens, the 4 Box Encoder layers)."""
+    size = self.config.image_size
+    if tuple(pixels.shape[1:3]) != (size, size):  # L_I and the decoder grid derive from it
+      raise ValueError(f"pixels are {pixels.shape[1:3]}, the config expects {size}x{size}")
     want = [self.config.vit.layers, *self.config.box.layers]
     states = self.vit.hidden_states(pixels, want)
     return states[0][:, 1:], states[1:]
