@@ -264,6 +264,8 @@ class LlamaForCausalLM(nnx.Module):
     if cache is None:
       # Causal via is_causal (cuDNN's fast path); key padding as a [B,1,1,T] mask.
       mask = None if attention_mask is None else real[:, None, None, :]
+      if mask is not None and cfg.attention_implementation == "cudnn":
+        mask = jnp.broadcast_to(mask, (b, 1, t, t))  # cuDNN wants a full [T, S] bias
       is_causal, index = True, None
       new_key_mask = None
     else:
