@@ -8,19 +8,25 @@ boxes), Step 5 (B-AGE boxes), write the .npz atomically.  Inputs are FFHQ-like
 aligned faces (skimage's astronaut cropped to her head, resized to each size, with a
 different brightness per image) and a synthetic artifact mask each.  Worker start-up
 (MediaPipe graphs) is excluded: each worker annotates two warm-up images first.
-Prints images/s per size, with and without flip averaging.
+Prints, per size, with and without flip averaging: the measured images/s (wall
+clock; on a shared machine this depends on what else runs) and the CPU time per image
+inside the workers, with the images/s it gives when the workers have the cores to
+themselves (workers / CPU seconds per image).
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+  os.environ.setdefault(_v, "1")  # as data_prep.cli does; before numpy is imported
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -63,7 +69,8 @@ def run(size: int, n: int, workers: int, flip_average: bool) -> float:
     bad = [r for r in res if not r["ok"]]
     if bad:
       raise SystemExit(f"{len(bad)} images failed, e.g. {bad[0]}")
-    return len(timed) / dt
+    cpu = sum(r["cpu_seconds"] for r in res) / len(res)
+    return len(timed) / dt, cpu
 
 
 def main() -> int:
@@ -75,8 +82,10 @@ def main() -> int:
   print(f"FiFa-Annotator end to end, {a.workers} workers, {a.n} images per size, {mp.cpu_count()} CPUs")
   for size in a.sizes:
     for fa in (True, False):
-      ips = run(size, a.n, a.workers, fa)
-      print(f"{size}x{size}  flip_average={'on ' if fa else 'off'}  {ips:6.1f} images/s", flush=True)
+      ips, cpu = run(size, a.n, a.workers, fa)
+      print(f"{size}x{size}  flip_average={'on ' if fa else 'off'}  {ips:6.1f} images/s measured   "
+            f"{cpu * 1e3:6.1f} ms CPU per image = {a.workers / cpu:5.1f} images/s on {a.workers} free cores",
+            flush=True)
   return 0
 
 

@@ -109,7 +109,7 @@ def _init_worker(config):
 def run_job(job: Job) -> dict:
   """Annotate one image; never raises: returns {"rel", "ok", "reason", "flags", "artifact"}."""
   from data_prep import artifacts, imageio, landmarks, overlay
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   res = {"rel": job.rel, "ok": False, "reason": "", "flags": [], "artifact": None}
   try:
     rgb = imageio.load_image(job.src)
@@ -137,6 +137,7 @@ def run_job(job: Job) -> dict:
   except Exception as e:  # keep the batch going; the log has the trace's last line
     res["reason"] = f"{type(e).__name__}: {e} [{traceback.format_exc().strip().splitlines()[-2].strip()}]"
   res["seconds"] = time.perf_counter() - t0
+  res["cpu_seconds"] = time.process_time() - c0  # this worker process, all its threads
   return res
 
 
@@ -154,6 +155,8 @@ def run(in_dir, out_dir, config=None, workers: int = 2, artifacts=None, reals=No
   stale = clean_stale(out_dir)
   jobs, done_before, images = plan(in_dir, out_dir, Path(artifacts) if artifacts else None,
                                    Path(reals) if reals else None, overlays)
+  for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(v, "1")  # inherited by the workers (see data_prep.cli)
   t0 = time.perf_counter()
   ok = failed = flagged = with_art = 0
   log_path = out_dir / "failures.tsv"

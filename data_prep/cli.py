@@ -22,8 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+# One BLAS/OpenMP thread per process: the annotator's numpy work is small and
+# OpenBLAS's spinning helper threads otherwise double the CPU time per image.  Set
+# before numpy is first imported (worker processes inherit it).
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+  os.environ.setdefault(_v, "1")
 
 
 def _add_face_args(ap):
