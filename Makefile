@@ -35,6 +35,7 @@ $(PREP)/.installed: data_prep/requirements.txt pyproject.toml
 	$(PREP)/bin/python -m pip install -q --upgrade pip
 	$(PREP)/bin/python -m pip install -q -r data_prep/requirements.txt
 	$(PREP)/bin/python -m pip install -q --no-deps -e .
+	$(PREP)/bin/python -m data_prep.samples  # the Tom Hanks sample, from the insightface wheel
 	touch $@
 
 test: test-main test-prep

@@ -9,6 +9,7 @@ Not a test (CI has no GPU); results go to bench/RESULTS.md by hand, with date an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -42,6 +43,7 @@ def main() -> None:
   ap.add_argument("--text", type=int, default=128, help="text tokens after the image tokens")
   ap.add_argument("--new", type=int, default=16, help="tokens to generate")
   ap.add_argument("--tiny", action="store_true", help="the tiny config (a CPU smoke run)")
+  ap.add_argument("--llm-layers", type=int, default=0, help="override Vicuna-7B's 32 layers (0: keep)")
   args = ap.parse_args()
   dev = jax.devices()[0]
   res: dict = {"jax": jax.__version__, "device": dev.device_kind, "platform": dev.platform}
@@ -54,6 +56,9 @@ def main() -> None:
 
   # 2. The paper configuration: FaRL ViT-B/16 + Vicuna-7B (+LoRA r128), bf16 compute, fp32 params.
   cfg = fifa.FiFaConfig.tiny() if args.tiny else fifa.FiFaConfig.paper()
+  if args.llm_layers:
+    cfg = dataclasses.replace(cfg, llama=dataclasses.replace(cfg.llama, num_hidden_layers=args.llm_layers))
+  res["llm_layers"] = cfg.llama.num_hidden_layers
   t0 = time.perf_counter()
   model = nnx.jit(lambda: fifa.FiFaMLLM(cfg, rngs=nnx.Rngs(0)))()
   jax.block_until_ready(nnx.state(model))

@@ -172,6 +172,15 @@ def cmd_procedures(a) -> int:
   return regions.main(["--doc"] if a.markdown else [])
 
 
+def cmd_sample(a) -> int:
+  from data_prep import samples
+  from data_prep.imageio import save_png
+  rgb = {"astronaut": samples.astronaut, "tom_hanks": samples.tom_hanks}[a.name]()
+  save_png(a.out, rgb)
+  print(f"{a.name}: {rgb.shape[1]}x{rgb.shape[0]} -> {a.out}")
+  return 0
+
+
 def build_parser():
   ap = argparse.ArgumentParser(prog="fifa prep", description=__doc__.split("\n")[0],
                                epilog="Exit status: 0 ok, 1 failures in a batch (see its log), 2 bad usage or input.")
@@ -207,6 +216,12 @@ def build_parser():
   p.add_argument("--out", required=True, help="output mask PNG (255 = artifact)")
   _add_pair_args(p)
   p.set_defaults(fn=cmd_artifact_mask)
+
+  p = sub.add_parser("sample", help="write a real face that ships with a package (for demos and checks)",
+                     description="Write an offline sample face: skimage's astronaut or insightface's Tom Hanks.")
+  p.add_argument("name", choices=("astronaut", "tom_hanks"))
+  p.add_argument("--out", required=True, help="output PNG")
+  p.set_defaults(fn=cmd_sample)
 
   p = sub.add_parser("procedures", help="print the region procedure of each Atomic Concept")
   p.add_argument("--markdown", action="store_true")

@@ -9,6 +9,7 @@ environment (.venv-prep) as a subprocess.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,8 +66,19 @@ def prep(ctx: typer.Context) -> None:
     raise typer.Exit(code=2)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-  code = subprocess.call([str(python), "-m", "data_prep.cli", *ctx.args], env=env)
-  raise typer.Exit(code=code)
+  cmd = [str(python), "-m", "data_prep.cli", *ctx.args]
+  if os.environ.get("FIFA_PREP_VERBOSE"):
+    raise typer.Exit(code=subprocess.call(cmd, env=env))
+  # MediaPipe's C++ start-up logging is noise to a user: drop it, pass the rest through.
+  proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
+  for line in proc.stderr:
+    if not _MEDIAPIPE_NOISE.match(line):
+      sys.stderr.write(line)
+  raise typer.Exit(code=proc.wait())
+
+
+_MEDIAPIPE_NOISE = re.compile(r"^([WI]\d{4} [\d:.]+\s+\d+ \S+:\d+\]|INFO: Created TensorFlow Lite"
+                              r"|WARNING: All log messages before absl::InitializeLog)")
 
 
 # ---------------------------------------------------------------------------
