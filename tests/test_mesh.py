@@ -42,3 +42,19 @@ def test_shard_model_places_params_by_logical_axes():
   odd = nnx.Linear(8, 5, kernel_init=init, rngs=nnx.Rngs(0))
   mesh_lib.shard_model(odd, m)
   assert odd.kernel[...].sharding.spec == P("fsdp", None)
+
+
+def test_every_fifa_parameter_has_known_logical_axes():
+  from fifa_jax.models import fifa
+
+  model = nnx.eval_shape(lambda: fifa.FiFaMLLM(fifa.FiFaConfig.tiny(), rngs=nnx.Rngs(0)))
+  known = {name for name, _ in mesh_lib.LOGICAL_AXIS_RULES}
+  flat = list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  assert len(flat) > 100
+  for path, var in flat:
+    names = var.get_metadata().get("out_sharding")
+    where = "/".join(map(str, path))
+    assert names is not None, f"{where} has no logical axis names"
+    assert len(names) == len(var.shape), where
+    unknown = [n for n in names if n is not None and n not in known]
+    assert not unknown, f"{where}: logical names {unknown} are not in LOGICAL_AXIS_RULES"
