@@ -28,6 +28,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -r requirements.txt
 	$(VENV)/bin/python -m pip install -q --no-deps -e .
+	@# Caption metrics (pycocoevalcap's tokenizer and METEOR) run on Java.
+	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless) \
+	  || echo "warning: no Java; caption metrics (fifa eval) will fail until a JRE is installed"
 	touch $@
 
 $(PREP)/.installed: data_prep/requirements.txt pyproject.toml
