@@ -11,6 +11,8 @@ Commands:
       Every image under IN_DIR, resumable; see data_prep.batch for the layout.
   artifact-mask REAL FAKE --out MASK.png
       Step 1: the whole-image artifact mask of FAKE from its real source.
+  synth --out DIR --n N [--n-real R] [--size S] [--seed K]
+      Synthetic forgeries with known artifact masks from offline real faces (data_prep.synth).
   procedures
       Print the region procedure of each Atomic Concept (Markdown with --markdown).
 
@@ -181,6 +183,17 @@ def cmd_sample(a) -> int:
   return 0
 
 
+def cmd_synth(a) -> int:
+  from data_prep import synth
+  if a.n < 3 or (a.n_real is not None and a.n_real < 3):
+    raise UsageError("--n and --n-real must be at least 3 (one per split)")
+  s = synth.synthesize(a.out, synth.SynthConfig(n=a.n, n_real=a.n_real, size=a.size, seed=a.seed,
+                                                split_by=a.split_by), progress=not a.quiet)
+  per = ", ".join(f"{k}: {v['real']} real + {v['fake']} fake" for k, v in s["counts"].items())
+  print(f"synth: {per} ({s['size']}x{s['size']}, split by {s['split_by']}) -> {a.out}/manifest.jsonl")
+  return 0
+
+
 def build_parser():
   ap = argparse.ArgumentParser(prog="fifa prep", description=__doc__.split("\n")[0],
                                epilog="Exit status: 0 ok, 1 failures in a batch (see its log), 2 bad usage or input.")
@@ -223,6 +236,20 @@ def build_parser():
   p.add_argument("--out", required=True, help="output PNG")
   p.set_defaults(fn=cmd_sample)
 
+  p = sub.add_parser("synth", help="synthetic forgeries with known artifact masks (offline faces)",
+                     description="Synthetic forgeries from the real faces available offline: local "
+                                 "manipulations placed by the landmarks, with known artifact masks. "
+                                 "Layout: see data_prep/synth.py and docs/data.md.")
+  p.add_argument("--out", required=True, help="output folder (real/, fake/, mask/, pair/, manifest.jsonl)")
+  p.add_argument("--n", type=int, default=24, help="number of fakes (default 24)")
+  p.add_argument("--n-real", type=int, default=None, help="number of reals (default max(3, n/2))")
+  p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--split-by", choices=("auto", "identity", "variant"), default="auto",
+                 help="identity: one person per split where the offline faces allow (default when available)")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(fn=cmd_synth)
+
   p = sub.add_parser("procedures", help="print the region procedure of each Atomic Concept")
   p.add_argument("--markdown", action="store_true")
   p.set_defaults(fn=cmd_procedures)
@@ -237,7 +264,7 @@ def main(argv=None) -> int:
   from data_prep.landmarks import FaceError
   try:
     return a.fn(a)
-  except (UsageError, ImageError, FaceError, PairError, FileNotFoundError, ValueError) as e:
+  except (UsageError, ImageError, FaceError, PairError, FileNotFoundError, ValueError, RuntimeError) as e:
     where = getattr(a, "image", None) or getattr(a, "fake", None) or getattr(a, "in_dir", "")
     text = str(e)
     if where and str(where) not in text:

@@ -59,14 +59,19 @@ def prep_python() -> Path:
 )
 def prep(ctx: typer.Context) -> None:
   """FiFa-Annotator: landmarks, face parsing, Region Masks, artifact concepts, boxes (runs in .venv-prep; `fifa prep --help` for more)."""
+  run_prep(ctx.args)
+
+
+def run_prep(args: list[str], name: str = "fifa prep") -> None:
+  """Run `python -m data_prep.cli ARGS` in .venv-prep and exit with its status."""
   python = prep_python()
   if not python.exists():
-    typer.echo(f"fifa prep: the data_prep environment is missing ({python}); "
+    typer.echo(f"{name}: the data_prep environment is missing ({python}); "
                "run `make prep-env` or set FIFA_PREP_PYTHON.", err=True)
     raise typer.Exit(code=2)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-  cmd = [str(python), "-m", "data_prep.cli", *ctx.args]
+  cmd = [str(python), "-m", "data_prep.cli", *args]
   if os.environ.get("FIFA_PREP_VERBOSE"):
     raise typer.Exit(code=subprocess.call(cmd, env=env))
   # MediaPipe's C++ start-up logging is noise to a user: drop it, pass the rest through.
@@ -118,28 +123,93 @@ def params(
 # Commands that later issues fill.
 
 
-@data_app.command("synth")
-def data_synth() -> None:
-  """Synthetic forgeries with known artifact masks from offline real faces."""
-  _not_yet("data synth", 4)
+@data_app.command(
+    "synth",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                      "help_option_names": []},
+    add_help_option=False,
+)
+def data_synth(ctx: typer.Context) -> None:
+  """Synthetic forgeries with known artifact masks from offline real faces (runs in .venv-prep; `fifa data synth --help`)."""
+  run_prep(["synth", *ctx.args], "fifa data synth")
 
 
 @data_app.command("build")
-def data_build() -> None:
-  """Images + masks -> FiFa-11 ArrayRecord shards (all tasks)."""
-  _not_yet("data build", 4)
+def data_build(
+    src: Path = typer.Argument(..., help="folder with manifest.jsonl (from `fifa data synth` or `fifa prep dffd`)"),
+    annotations: Path = typer.Option(..., "--annotations", "-a",
+                                     help="the annotator's output: ANN/<image path>.npz (`fifa prep batch --out`)"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder (masks/, qa/<split>/, build.json)"),
+    explainer: str = typer.Option("offline", help="offline (template explainer) or llm (FIFA_LLM_BASE_URL, "
+                                  "FIFA_LLM_MODEL, FIFA_LLM_API_KEY; cached under OUT/explain_cache)"),
+    images_per_unit: int = typer.Option(64, help="images per resumable unit (one mask shard + one QA shard)"),
+    max_region: Optional[int] = typer.Option(None, help="at most this many R- parents per image (random, seeded)"),
+    max_box: Optional[int] = typer.Option(None, help="at most this many B- parent boxes per image"),
+    seed: int = typer.Option(0, help="prompt paraphrases and caps"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+  """Images + annotations -> FiFa-11 ArrayRecord shards (all tasks), resumable."""
+  from fifa_jax.data import build as B
+  try:
+    s = B.build(src, annotations, out, explainer=explainer, images_per_unit=images_per_unit, seed=seed,
+                max_region=max_region, max_box=max_box, progress=not quiet)
+  except (B.BuildError, FileNotFoundError, ValueError) as e:
+    typer.echo(f"fifa data build: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  n = sum(sum(c.values()) for c in s["counts"].values())
+  typer.echo(f"{s['images_in_store']}/{s['images']} images, {n} records in {s['units']} units "
+             f"({s['units_done_before']} done before), {s['failures_this_run']} failures this run "
+             f"({s['failures_log']}); explainer {s['explainer_usage']}; {s['seconds']} s -> {out}")
 
 
 @data_app.command("stats")
-def data_stats() -> None:
+def data_stats(
+    build_dir: Path = typer.Argument(..., metavar="DIR", help="a `fifa data build` output folder"),
+    check: bool = typer.Option(False, help="also check every Loc./AGE record: [SEG] count = mask count, masks non-empty"),
+) -> None:
   """Per-task, per-split counts (as Table 2)."""
-  _not_yet("data stats", 4)
+  from rich.console import Console
+  from rich.table import Table
+
+  from fifa_jax.data import stats as S
+  try:
+    per_split, sources = S.count(build_dir)
+  except FileNotFoundError as e:
+    typer.echo(f"fifa data stats: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  rows = S.table(per_split, sources)
+  t = Table(title=f"FiFa-11 records in {build_dir}")
+  for i, h in enumerate(rows[0]):
+    t.add_column(h, justify="left" if i < 2 else "right")
+  for r in rows[1:-1]:
+    t.add_row(*r)
+  t.add_section()
+  t.add_row(*rows[-1])
+  Console(width=120).print(t)
+  if check:
+    res = S.check_masks(build_dir)
+    for rid, why in res["bad"][:10]:
+      typer.echo(f"  bad: {rid}: {why}", err=True)
+    typer.echo(f"mask check: {res['checked']} Loc./AGE records, {len(res['bad'])} bad")
+    if res["bad"]:
+      raise typer.Exit(code=1)
 
 
 @data_app.command("show")
-def data_show() -> None:
+def data_show(
+    shard: Path = typer.Argument(..., help="a QA shard (OUT/qa/<split>/qa-*.array_record)"),
+    index: int = typer.Argument(..., help="record position in the shard"),
+    out: Path = typer.Option(..., "--out", "-o", help="output PNG"),
+    masks: Optional[Path] = typer.Option(None, help="mask store folder (default: the build's masks/)"),
+) -> None:
   """Draw one record's prompt, answer and masks."""
-  _not_yet("data show", 4)
+  from fifa_jax.data import show as S
+  try:
+    rec = S.show(shard, index, out, masks)
+  except (FileNotFoundError, IndexError, KeyError, ValueError, OSError) as e:
+    typer.echo(f"fifa data show: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  typer.echo(f"{rec.record_id} ({rec.task}, {len(rec.seg_concepts)} masks) -> {out}")
 
 
 @app.command()

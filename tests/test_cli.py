@@ -23,8 +23,7 @@ def test_help_lists_every_subcommand():
     assert cmd in r.stdout
 
 
-@pytest.mark.parametrize("args", [("train",), ("eval",), ("infer",), ("data", "build"),
-                                  ("convert", "llama")])
+@pytest.mark.parametrize("args", [("train",), ("eval",), ("infer",), ("convert", "llama")])
 def test_unbuilt_commands_say_so_and_fail(args):
   r = run(*args)
   assert r.returncode == 1
@@ -44,6 +43,19 @@ def test_prep_forwards_arguments_and_exit_code(tmp_path):
   r = run("prep", "regions", "img.png", "--out", "x.npz", env={"FIFA_PREP_PYTHON": str(fake)})
   assert r.returncode == 3
   assert "prep got: -m data_prep.cli regions img.png --out x.npz" in r.stdout
+
+
+def test_data_synth_forwards_to_prep(tmp_path):
+  fake = tmp_path / "python"
+  fake.write_text("#!/bin/sh\necho \"prep got: $@\"\nexit 0\n")
+  fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+  r = run("data", "synth", "--out", "d", "--n", "6", env={"FIFA_PREP_PYTHON": str(fake)})
+  assert r.returncode == 0 and "prep got: -m data_prep.cli synth --out d --n 6" in r.stdout
+
+
+def test_data_build_names_a_missing_input(tmp_path):
+  r = run("data", "build", str(tmp_path), "-a", str(tmp_path), "-o", str(tmp_path / "o"))
+  assert r.returncode == 2 and "manifest.jsonl" in r.stderr and "no manifest" in r.stderr
 
 
 def test_prep_without_its_environment_is_a_clear_error(tmp_path):

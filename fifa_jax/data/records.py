@@ -17,7 +17,9 @@ language), each with a `format` tag:
       region (FICT concept, R- tasks), box ([x1, y1, x2, y2] image pixels, B- tasks),
       seg_concepts (the atomic concept of each [SEG] in the answer, in order),
       det_label (0 real / 1 fake), cls_label (index into tokens.CLS_CLASSES),
-      technique (DFFD subset name, e.g. "FaceAPP"; see TECHNIQUE_CATEGORY).
+      technique (DFFD subset name, e.g. "FaceAPP"; see TECHNIQUE_CATEGORY),
+      explainer (who wrote a TOE/AGE explanation: "offline-template" for the
+      deterministic template explainer, "llm:<model>" for an LLM; nil otherwise).
     Records name masks by image id and concept, so a mask is stored once however
     many records use it.
 
@@ -61,6 +63,8 @@ TECHNIQUE_CATEGORY = {
     "FaceAPP": "attribute manipulation", "StarGAN": "attribute manipulation",
     "PGGAN": "entire face synthesis", "StyleGAN": "entire face synthesis",
     "synthetic": "attribute manipulation", "real": "real",
+    # DD-VQA's FF++ subsets beyond DFFD's (data adapters)
+    "FaceShifter": "identity swapping", "Original": "real",
 }
 
 
@@ -262,6 +266,7 @@ class QARecord:
   det_label: int | None = None
   cls_label: int | None = None
   technique: str | None = None
+  explainer: str | None = None  # added compatibly: records without it read as None
 
   def validate(self) -> None:
     rid = self.record_id if isinstance(self.record_id, str) else None
@@ -330,6 +335,8 @@ class QARecord:
                               and 0 <= self.cls_label < len(tokens.CLS_CLASSES)):
       raise RecordError("cls_label", f"a cls record needs 0..{len(tokens.CLS_CLASSES) - 1}, "
                         f"got {self.cls_label!r}", rid)
+    if self.explainer is not None and (not isinstance(self.explainer, str) or not self.explainer):
+      raise RecordError("explainer", f"must be a non-empty string or None, got {self.explainer!r}", rid)
     if self.technique is not None and self.technique not in TECHNIQUE_CATEGORY:
       raise RecordError("technique", f"{self.technique!r} is not one of {sorted(TECHNIQUE_CATEGORY)}", rid)
     if kind == "cls" and self.technique is not None:
@@ -456,6 +463,26 @@ class MaskStore:
     tmp = folder / f".{cls.INDEX}.tmp"
     tmp.write_text(json.dumps({"format": MASK_FORMAT, "shards": names, "index": index}))
     os.replace(tmp, folder / cls.INDEX)  # the index last: a store with one is whole
+    return cls(folder)
+
+  @classmethod
+  def write_index(cls, folder: str | os.PathLike, shards: Sequence[tuple[str, Sequence[str]]]) -> "MaskStore":
+    """Index shards written separately (e.g. one per resumable build unit).
+
+    `shards`: (shard file name in `folder`, image ids in record order) each.
+    """
+    folder = Path(folder)
+    index: dict[str, list[int]] = {}
+    for i, (name, ids) in enumerate(shards):
+      if not (folder / name).is_file():
+        raise FileNotFoundError(f"mask-store shard {str(folder / name)!r} does not exist")
+      for pos, image_id in enumerate(ids):
+        if image_id in index:
+          raise RecordError("image_id", f"{image_id!r} appears twice in one store")
+        index[image_id] = [i, pos]
+    tmp = folder / f".{cls.INDEX}.tmp"
+    tmp.write_text(json.dumps({"format": MASK_FORMAT, "shards": [n for n, _ in shards], "index": index}))
+    os.replace(tmp, folder / cls.INDEX)
     return cls(folder)
 
   def __len__(self) -> int:

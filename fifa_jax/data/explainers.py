@@ -1,0 +1,102 @@
+"""Steps 3-5 explanations for `fifa data build`: one interface over the offline
+template explainer and an OpenAI-compatible LLM (data_prep.explain).
+
+Both take batches, so the LLM runs its requests concurrently:
+  step3({job: Step3Job}) -> {job: {concept: description} | Exception}
+  step4({job: {concept: description}}) -> {job: tagged summary text | Exception}
+The summary's `<i> phrase </i>` tags are parsed by the caller (explain.parse_summary),
+which rejects a summary whose tags do not match its concept list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from data_prep import explain
+
+
+@dataclasses.dataclass
+class Step3Job:
+  image_id: str
+  image: bytes                       # the fake, encoded as given
+  artifact: np.ndarray               # HxW bool whole-image artifact mask
+  concepts: Sequence[str]            # artifact-existing Atomic Concepts
+  stats: Mapping[str, tuple[float, int]]  # concept -> (coverage ratio, artifact pixels)
+
+
+class Offline:
+  """Deterministic templates (explain.OfflineExplainer): not an LLM's words."""
+
+  def __init__(self):
+    self.impl = explain.OfflineExplainer()
+    self.name = self.impl.name
+
+  def step3(self, jobs: Mapping[str, Step3Job]) -> dict:
+    return {k: self.impl.describe(j.image_id, {c: j.stats[c] for c in j.concepts}) for k, j in jobs.items()}
+
+  def step4(self, jobs: Mapping[str, Mapping[str, str]]) -> dict:
+    return {k: self.impl.summarize(d) for k, d in jobs.items()}
+
+  def report(self) -> str:
+    return "offline template explainer (no requests)"
+
+
+class LLM:
+  """An OpenAI-compatible endpoint (FIFA_LLM_BASE_URL / FIFA_LLM_MODEL / FIFA_LLM_API_KEY),
+  cached under `cache_dir` so a rerun or a resumed build costs nothing."""
+
+  def __init__(self, cache_dir: str | os.PathLike, concurrency: int = 4, progress: bool = True, **kw):
+    self.client = explain.ChatClient(cache_dir=cache_dir, concurrency=concurrency, **kw)
+    self.name = f"llm:{self.client.model}"
+    self.progress = progress
+
+  def step3(self, jobs: Mapping[str, Step3Job]) -> dict:
+    import cv2
+    msgs = {}
+    for k, j in jobs.items():
+      ok, mask_png = cv2.imencode(".png", j.artifact.astype(np.uint8) * 255)
+      msgs[k] = explain.step3_messages(j.image, mask_png.tobytes(), list(j.concepts))
+      msgs[k][0]["content"][1] = explain.image_part(j.image, _mime(j.image))
+    out = {}
+    for k, text in self.client.map(msgs, progress=self.progress).items():
+      if isinstance(text, Exception):
+        out[k] = text
+        continue
+      try:
+        out[k] = explain.parse_step3(text, list(jobs[k].concepts))
+      except explain.ExplainError as e:
+        out[k] = e
+    return out
+
+  def step4(self, jobs: Mapping[str, Mapping[str, str]]) -> dict:
+    msgs = {k: explain.step4_messages(d) for k, d in jobs.items()}
+    return self.client.map(msgs, progress=self.progress)
+
+  def report(self) -> str:
+    return f"{self.name}: {self.client.usage.report()}"
+
+
+def _mime(data: bytes) -> str:
+  if data[:3] == b"\xff\xd8\xff":
+    return "image/jpeg"
+  if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+    return "image/webp"
+  return "image/png"
+
+
+def clean_summary(text: str) -> str:
+  """Drop a leading 'Summary:' that models copy from Table 14's example."""
+  t = text.strip()
+  return t[len("summary:"):].strip() if t.lower().startswith("summary:") else t
+
+
+def make(kind: str, cache_dir: str | os.PathLike, progress: bool = True):
+  if kind == "offline":
+    return Offline()
+  if kind == "llm":
+    return LLM(cache_dir, progress=progress)
+  raise ValueError(f"unknown explainer {kind!r}; choose 'offline' or 'llm'")
