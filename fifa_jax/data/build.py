@@ -188,7 +188,7 @@ def grounded_records(item: dict, plan: Plan, summaries: dict, explainer: str, se
   def explained(key, task_toe, task_age, **kw):
     s = summaries.get(key)
     if isinstance(s, Exception) or s is None:
-      failures.append((f"{item['image_id']}/{key}", f"no explanation: {s}"))
+      failures.append((f"{item['image_id']}/{key[0]}:{key[1]}", f"no explanation: {s}"))
       return
     answer, segs = s
     add(task_toe, answer=tokens.strip_markers(answer), explainer=explainer, **kw)
@@ -208,7 +208,7 @@ def grounded_records(item: dict, plan: Plan, summaries: dict, explainer: str, se
   for k, (box, cs) in enumerate(plan.bage):
     s = summaries.get(("bage", k))
     if isinstance(s, Exception) or s is None:
-      failures.append((f"{item['image_id']}/bage{k}", f"no explanation: {s}"))
+      failures.append((f"{item['image_id']}/bage:{k}", f"no explanation: {s}"))
       continue
     add("b-age", box=box, answer=s[0], seg_concepts=s[1], explainer=explainer)
   # b-age records of parent boxes and of Step 5 boxes share one counter: ids stay unique.

@@ -73,8 +73,15 @@ class LLM:
     return out
 
   def step4(self, jobs: Mapping[str, Mapping[str, str]]) -> dict:
-    msgs = {k: explain.step4_messages(d) for k, d in jobs.items()}
-    return self.client.map(msgs, progress=self.progress)
+    # Parents with the same artifact-existing atomics give the same prompt: ask once.
+    unique: dict[str, list[dict]] = {}
+    key_of = {}
+    for k, d in jobs.items():
+      msgs = explain.step4_messages(d)
+      key_of[k] = self.client.cache_key(msgs)
+      unique.setdefault(key_of[k], msgs)
+    res = self.client.map(unique, progress=self.progress)
+    return {k: res[key_of[k]] for k in jobs}
 
   def report(self) -> str:
     return f"{self.name}: {self.client.usage.report()}"
