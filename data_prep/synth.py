@@ -15,10 +15,11 @@ contrast, gamma, white balance), resized to `size` x `size`.
 A fake is a variant with 1-3 local manipulations on facial features placed by the
 landmarks: recolour (HSV shift), blur, warp (bulge/pinch), seamless-cloned patch
 from another face of the same split (cv2.seamlessClone after a landmark similarity
-alignment), noise, skin smoothing, sharpening.  Its **known artifact mask** is the
-manipulated support (feathered alpha >= 0.5, or the clone mask) AND the pixels the
-manipulation actually changed (grey |fake - real| >= 1), so unchanged pixels are
-never artifacts, as in Step 1.
+alignment), noise, skin smoothing, sharpening.  Its **known artifact mask** is every
+pixel the manipulations changed (grey |fake - real| >= 1, feathered edges included):
+outside the manipulated regions the fake is bit-identical to its real source, so
+this is the manipulation's exact footprint.  Step 1 (top 5% of the same grey
+difference, never below 1) therefore gives a subset of it.
 
 Splits (no face leaks across splits): with >= 3 base faces the split is by
 *identity*: train = astronaut, tom_hanks, t1_a; dev = t1_b; test = t1_c.  With
@@ -54,6 +55,7 @@ SPLITS = ("train", "dev", "test")
 IDENTITY_SPLIT = {"astronaut": "train", "tom_hanks": "train", "t1_a": "train", "t1_b": "dev", "t1_c": "test"}
 # (centre x, centre y, half side) of the three faces in insightface's t1.jpg (1280x886).
 T1_CROPS = {"t1_a": (112, 339, 127), "t1_b": (514, 350, 149), "t1_c": (781, 417, 139)}
+MIN_DIFF = 1.0  # grey levels: as Step 1's min_diff, so Step 1's mask is a subset of the known one
 OPS = ("recolour", "blur", "warp", "clone", "noise", "smooth", "sharpen")
 
 
@@ -253,16 +255,20 @@ def manipulate(real: np.ndarray, lm: np.ndarray, rng: np.random.Generator, donor
   size = real.shape[0]
   n_ops = int(rng.integers(1, 4)) if n_ops is None else n_ops
   names = list(rng.choice(list(REGIONS), size=n_ops, replace=False))
-  img, support, ops = real.copy(), np.zeros(real.shape[:2], bool), []
+  img, support_any, ops = real.copy(), np.zeros(real.shape[:2], bool), []
   for name in names:
     op = str(rng.choice(OPS))
     alpha = region_alpha(lm, name, real.shape[:2])
     img, sup, params = OP_FN[op](img, alpha, rng, size=size, lm=lm, donor=donor)
-    support |= sup
+    support_any |= (alpha > 0) | sup
     ops.append({"op": op, "region": name, **params})
+  # Pixels outside every op's support are bit-identical to the real, so the pixels that
+  # changed are exactly the manipulation's footprint (feathered edges included).
   grey = np.abs(img.astype(np.int16) - real.astype(np.int16)).astype(np.float32) @ \
       np.array([0.299, 0.587, 0.114], np.float32)
-  return img, support & (grey >= 1.0), ops
+  mask = grey >= MIN_DIFF
+  assert not (mask & ~support_any).any()
+  return img, mask, ops
 
 
 # ---------------------------------------------------------------------------
