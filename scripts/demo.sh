@@ -17,11 +17,24 @@ step "2. FiFa-Annotator on a real face (skimage's astronaut): Region Masks for a
 $fifa prep sample astronaut --out "$out/astronaut.png"
 $fifa prep regions "$out/astronaut.png" --out "$out/astronaut_regions.npz" --overlay "$out/astronaut_regions.png"
 
-step "3. FiFa-MLLM at paper size, initialised abstractly (no memory allocated)"
+step "3. Synthetic forgeries with known artifact masks, from the offline faces (one person per split)"
+$fifa data synth --out "$out/synth" --n 24 --n-real 12 --size 256 --quiet
+
+step "4. FiFa-Annotator on every face: Region Masks; for fakes also Steps 2 and 5 (known masks as Step 1)"
+$fifa prep batch "$out/synth/real" --out "$out/ann/real" --workers 2 --quiet
+$fifa prep batch "$out/synth/fake" --out "$out/ann/fake" --artifacts "$out/synth/mask" --workers 2 --quiet
+
+step "5. FiFa-11 records and masks as ArrayRecord shards (offline template explainer), Table 2 style counts"
+$fifa data build "$out/synth" --annotations "$out/ann" --out "$out/shards" --explainer offline --quiet
+$fifa data stats "$out/shards" --check
+$fifa data show "$out/shards/qa/test/i-age-test-00000.array_record" 0 --out "$out/record_i-age.png"
+$fifa data show "$out/shards/qa/test/b-age-test-00000.array_record" 0 --out "$out/record_b-age.png"
+
+step "6. FiFa-MLLM at paper size, initialised abstractly (no memory allocated)"
 $fifa params --config paper
 
 step "Not yet in the demo"
-echo "synthetic forgeries, FiFa-11 shards (issue 4); training (issue 7); eval and inference (issue 8)"
+echo "training (issue 7); eval and inference (issue 8)"
 echo
 echo "demo outputs: $out/"
 ls -1 "$out"
