@@ -11,38 +11,10 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from fifa_jax.convert import farl  # noqa: E402
 from fifa_jax.models.vit import ViTConfig, VisionTransformer  # noqa: E402
 
 CFG = ViTConfig.tiny()
-
-
-def _set(var, value):
-  assert var[...].shape == value.shape, (var[...].shape, value.shape)
-  var[...] = jnp.asarray(value, var[...].dtype)
-
-
-def load_hf_clip(model: VisionTransformer, sd: dict) -> None:
-  """HF CLIPVisionModel state dict -> OpenAI-layout params (q/k/v fused into in_proj)."""
-  t = {k: v.detach().numpy() for k, v in sd.items()}
-  _set(model.conv1.kernel, t["embeddings.patch_embedding.weight"].transpose(2, 3, 1, 0))
-  _set(model.class_embedding, t["embeddings.class_embedding"])
-  _set(model.positional_embedding, t["embeddings.position_embedding.weight"])
-  for ours, theirs in ((model.ln_pre, "pre_layrnorm"), (model.ln_post, "post_layernorm")):
-    _set(ours.norm.scale, t[f"{theirs}.weight"])
-    _set(ours.norm.bias, t[f"{theirs}.bias"])
-  for i, blk in enumerate(model.transformer.resblocks):
-    p = f"encoder.layers.{i}."
-    qkv_w = np.concatenate([t[p + f"self_attn.{n}_proj.weight"] for n in "qkv"], 0)
-    qkv_b = np.concatenate([t[p + f"self_attn.{n}_proj.bias"] for n in "qkv"], 0)
-    _set(blk.attn.in_proj.kernel, qkv_w.T)
-    _set(blk.attn.in_proj.bias, qkv_b)
-    for ours, theirs in ((blk.attn.out_proj, "self_attn.out_proj"), (blk.mlp.c_fc, "mlp.fc1"),
-                         (blk.mlp.c_proj, "mlp.fc2")):
-      _set(ours.kernel, t[p + theirs + ".weight"].T)
-      _set(ours.bias, t[p + theirs + ".bias"])
-    for ours, theirs in ((blk.ln_1, "layer_norm1"), (blk.ln_2, "layer_norm2")):
-      _set(ours.norm.scale, t[p + theirs + ".weight"])
-      _set(ours.norm.bias, t[p + theirs + ".bias"])
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +31,8 @@ def pair():
       if "norm" in name:
         p.add_(0.1 * torch.randn_like(p))
   ours = VisionTransformer(CFG, rngs=nnx.Rngs(0))
-  load_hf_clip(ours, hf.state_dict())
+  # HF names -> OpenAI/FaRL names (q/k/v fused) -> ours, through the FaRL converter
+  farl.load_state_dict(ours, farl.hf_clip_to_openai(hf.state_dict(), proj=ours.proj[...]))
   return hf, ours
 
 

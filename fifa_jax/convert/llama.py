@@ -206,14 +206,9 @@ def load_hf_state_dict(model: nnx.Module, state_dict: Mapping[str, Any], *,
   if strict and skipped:
     raise ConversionError(f"unexpected keys {skipped[:5]}")
   ents = entries(model, lora=bool(_has_lora(source)))
-  flat = stream.abstract_leaves(model)
-  ignore = _tied_extra(model.config) if strict else (lambda k: True)
   if not strict:
     ents = [e for e in ents if e.key in source]
-  stream.check(ents, source, flat, ignore=ignore)
-  for e in ents:
-    var = flat[e.path]
-    var.set_value(jnp.asarray(e.to_jax(source.read(e.key)), var.get_value().dtype))
+  stream.assign(model, ents, source, ignore=_tied_extra(model.config) if strict else lambda k: True)
   return model
 
 

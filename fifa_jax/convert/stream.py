@@ -403,6 +403,18 @@ def init_missing(model: nnx.Module, make: Callable[[], nnx.Module]) -> list[tupl
   return list(todo)
 
 
+def assign(model: nnx.Module, entries: Sequence[Entry], source: Source, *,
+           ignore: Callable[[str], bool] = lambda k: False) -> list[str]:
+  """Copy `source` into an existing (concrete) model in place, with the same checks."""
+  flat = abstract_leaves(model)
+  ignored = check(entries, source, flat, ignore=ignore)
+  for e in entries:
+    var = flat[e.path]
+    var.set_value(jnp.asarray(np.ascontiguousarray(e.to_jax(source.read(e.key))),
+                              var.get_value().dtype))
+  return ignored
+
+
 def abstract_leaves(model: nnx.Module, wrt: Any = WEIGHTS) -> dict[tuple, Any]:
   return dict(nnx.to_flat_state(nnx.state(model, wrt)))
 
