@@ -13,6 +13,8 @@ Commands:
       Step 1: the whole-image artifact mask of FAKE from its real source.
   synth --out DIR --n N [--n-real R] [--size S] [--seed K]
       Synthetic forgeries with known artifact masks from offline real faces (data_prep.synth).
+  dffd DFFD_ROOT --out STAGE [--scale F] [--faceapp-reals DIR | --faceapp-masks DIR]
+      Select Table 16's DFFD subsets and stage them for batch + build (data_prep.dffd).
   procedures
       Print the region procedure of each Atomic Concept (Markdown with --markdown).
 
@@ -194,6 +196,20 @@ def cmd_synth(a) -> int:
   return 0
 
 
+def cmd_dffd(a) -> int:
+  from data_prep import dffd
+  if a.faceapp_reals and a.faceapp_masks:
+    raise UsageError("give --faceapp-reals or --faceapp-masks, not both")
+  try:
+    plan = dffd.stage(a.root, a.out, seed=a.seed, scale=a.scale, faceapp_reals=a.faceapp_reals,
+                      faceapp_masks=a.faceapp_masks)
+  except dffd.DffdError as e:
+    raise UsageError(str(e)) from None
+  print("\n".join(dffd.summary_lines(plan)))
+  print(f"staged -> {a.out}/manifest.jsonl; next: bash {a.out}/commands.sh")
+  return 0
+
+
 def build_parser():
   ap = argparse.ArgumentParser(prog="fifa prep", description=__doc__.split("\n")[0],
                                epilog="Exit status: 0 ok, 1 failures in a batch (see its log), 2 bad usage or input.")
@@ -249,6 +265,18 @@ def build_parser():
                  help="identity: one person per split where the offline faces allow (default when available)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(fn=cmd_synth)
+
+  p = sub.add_parser("dffd", help="select and stage DFFD subsets (Table 16) for batch + build",
+                     description="Select FiFa's DFFD subsets (Table 16 sizes, capped by the copy) and stage "
+                                 "them as links plus a manifest.  Expected layout: see data_prep/dffd.py.")
+  p.add_argument("root", metavar="DFFD_ROOT")
+  p.add_argument("--out", required=True, help="staging folder (images/, manifest.jsonl, plan.json, commands.sh)")
+  p.add_argument("--scale", type=float, default=1.0, help="multiply Table 16's sizes (e.g. 0.01 for a trial)")
+  p.add_argument("--seed", type=int, default=0)
+  g = p.add_mutually_exclusive_group()
+  g.add_argument("--faceapp-reals", help="real sources of the FaceAPP images, same paths relative to faceapp/")
+  g.add_argument("--faceapp-masks", help="artifact masks of the FaceAPP images, same paths relative to faceapp/")
+  p.set_defaults(fn=cmd_dffd)
 
   p = sub.add_parser("procedures", help="print the region procedure of each Atomic Concept")
   p.add_argument("--markdown", action="store_true")
