@@ -212,6 +212,24 @@ def data_show(
   typer.echo(f"{rec.record_id} ({rec.task}, {len(rec.seg_concepts)} masks) -> {out}")
 
 
+@data_app.command("adapt")
+def data_adapt(
+    kind: str = typer.Argument(..., help="dd-vqa or dfa-instruct"),
+    annotations: Path = typer.Argument(..., metavar="JSON", help="the dataset's annotation file (one split)"),
+    images: Path = typer.Option(..., help="folder the JSON's image names are relative to"),
+    out: Path = typer.Option(..., "--out", "-o", help="output build folder (masks/, qa/<split>/)"),
+    split: str = typer.Option(..., help="train, dev or test"),
+) -> None:
+  """DD-VQA / DFA-Instruct style data -> FiFa records (text-only i-toe; layouts in docs/data.md)."""
+  from fifa_jax.data import adapters as A
+  try:
+    s = A.adapt(kind, annotations, images, out, split)
+  except (A.AdapterError, FileNotFoundError, ValueError) as e:
+    typer.echo(f"fifa data adapt: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  typer.echo(f"{kind}: {s['records']} records over {s['images']} images -> {out}")
+
+
 @app.command()
 def train() -> None:
   """Train FiFa-MLLM on a device mesh (grain pipeline, orbax checkpoints)."""
