@@ -14,7 +14,7 @@ mask of an attribute-manipulated image from its real source.
      never below `min_diff` (1 grey level), so unchanged pixels are never artifacts.
   The mask has the fake's size.
 
-Step 2, `step2(atomic_packed, artifact, Thresholds())`: for every FICT concept, the
+Step 2, `step2(allm, artifact, Thresholds())` (or `step2_sparse` on sparse masks): for every FICT concept, the
 Regional Artifact Mask (Region Mask AND artifact mask), its pixel count, the
 artifact coverage ratio (artifact pixels / Region Mask pixels; 0 for an empty
 region) and the artifact-existing flag: rank <= X in descending coverage ratio (ties
@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from data_prep import masks as M
-from data_prep import regions
+from data_prep import regions, sparse
 
 from fifa_jax import fict
 
@@ -126,12 +126,11 @@ def ranks(ratio: np.ndarray, scope: str = "separate") -> np.ndarray:
 
 
 def step2(allm: np.ndarray, artifact: np.ndarray, th: Thresholds | None = None) -> dict:
-  """Coverage, ranks, flags and parent boxes (arrays over concepts in fict.NAMES order).
+  """Coverage, ranks and flags (arrays over concepts in fict.NAMES order).
 
   allm: (184, H, W) bool Region Masks in fict.NAMES order (regions.fill_concepts or
   regions.all_from_atomic); artifact: (H, W) bool whole-image artifact mask.
   """
-  th = th or Thresholds()
   artifact = np.ascontiguousarray(artifact, dtype=bool)
   if allm.shape != (len(NAMES),) + artifact.shape:
     raise ValueError(f"Region Masks {allm.shape} and artifact mask {artifact.shape} disagree")
@@ -141,6 +140,22 @@ def step2(allm: np.ndarray, artifact: np.ndarray, th: Thresholds | None = None) 
   tmp = np.empty(art.shape, bool)
   art_px = np.array([np.count_nonzero(np.logical_and(allm[i, y0:y0 + bh, x0:x0 + bw], art, out=tmp))
                      for i in range(len(NAMES))], np.int64)
+  return step2_from_counts(region_px, art_px, th)
+
+
+def step2_sparse(allm: list, artifact: np.ndarray, th: Thresholds | None = None) -> dict:
+  """step2 from the 184 sparse Region Masks (regions.sparse_all), counting inside boxes."""
+  artifact = np.ascontiguousarray(artifact, dtype=bool)
+  x0, y0, bw, bh = cv2.boundingRect(artifact.view(np.uint8))
+  box = (y0, y0 + bh, x0, x0 + bw)
+  region_px = np.array([m.count() for m in allm], np.int64)
+  art_px = np.array([sparse.count_and(m, artifact, box) for m in allm], np.int64)
+  return step2_from_counts(region_px, art_px, th)
+
+
+def step2_from_counts(region_px: np.ndarray, art_px: np.ndarray, th: Thresholds | None = None) -> dict:
+  """Coverage, ranks and flags from Region Mask and Regional Artifact Mask pixel counts."""
+  th = th or Thresholds()
   ratio = np.where(region_px > 0, art_px / np.maximum(region_px, 1), 0.0)
   rank = ranks(ratio, th.rank_scope)
   flags = (rank <= th.max_rank) & (art_px * 100 >= th.min_ratio * region_px) & (art_px >= th.min_pixels)
@@ -171,6 +186,16 @@ def parent_boxes(allm: np.ndarray) -> np.ndarray:
     x, y, w, h = cv2.boundingRect(allm[i].view(np.uint8))
     if w > 0 and h > 0:
       out[j] = (x, y, x + w, y + h)
+  return out
+
+
+def parent_boxes_sparse(allm: list) -> np.ndarray:
+  """parent_boxes from the 184 sparse, tight Region Masks (regions.sparse_all)."""
+  out = np.full((len(PARENT_POS), 4), -1, np.int32)
+  for j, i in enumerate(PARENT_POS):
+    e = allm[i].edges()
+    if e is not None:
+      out[j] = e
   return out
 
 

@@ -42,25 +42,38 @@ def sample_boxes(height: int, width: int, rule: BageRule, key: str = "") -> np.n
   return np.stack([x0, y0, x0 + bw, y0 + bh], 1).astype(np.int32)
 
 
+def _artifact_mask(mask, artifact: np.ndarray):
+  """(y0, x0, bool array) holding the pixels of a Region Mask (HxW bool or
+  data_prep.sparse.Sp) that are also artifact pixels, on a box around them."""
+  if hasattr(mask, "box"):  # sparse: only its box
+    y0, y1, x0, x1 = mask.box
+    return y0, x0, mask.a & artifact[y0:y1, x0:x1]
+  m = np.logical_and(mask, artifact)
+  x0, y0, bw, bh = cv2.boundingRect(m.view(np.uint8))
+  return y0, x0, m[y0:y0 + bh, x0:x0 + bw]
+
+
 def box_concepts(atomic, artifact: np.ndarray, existing_atomic: np.ndarray, boxes: np.ndarray,
                  min_cover: float) -> np.ndarray:
   """(n_boxes, 112) bool: artifact-existing atomic concept k is encompassed by box b.
 
-  atomic: the 112 HxW bool Region Masks in fict.ATOMIC order (an array or a list of views).
+  atomic: the 112 Region Masks in fict.ATOMIC order: HxW bool arrays (an array or a
+  list of views) or data_prep.sparse.Sp masks.  Pixels inside each box are counted
+  with a summed-area table of the concept's Regional Artifact Mask.
   """
   artifact = np.asarray(artifact, bool)
   out = np.zeros((len(boxes), len(atomic)), bool)
-  tmp = np.empty(artifact.shape, bool)
+  b = np.asarray(boxes, np.int64)
   for k in np.flatnonzero(existing_atomic):
-    m = np.logical_and(atomic[k], artifact, out=tmp)
-    x0, y0, bw, bh = cv2.boundingRect(m.view(np.uint8))
-    if bw == 0:
+    y0, x0, m = _artifact_mask(atomic[k], artifact)
+    if not m.any():
       continue
-    ys, xs = np.nonzero(m[y0:y0 + bh, x0:x0 + bw])
-    xs, ys = xs + x0, ys + y0
-    inside = ((xs[None] >= boxes[:, :1]) & (xs[None] < boxes[:, 2:3]) &
-              (ys[None] >= boxes[:, 1:2]) & (ys[None] < boxes[:, 3:4])).sum(1)
-    out[:, k] = inside >= min_cover * xs.size
+    sat = cv2.integral(m.view(np.uint8))  # (h+1, w+1): sat[y, x] = pixels above and left
+    h, w = m.shape
+    bx0, bx1 = np.clip(b[:, 0] - x0, 0, w), np.clip(b[:, 2] - x0, 0, w)
+    by0, by1 = np.clip(b[:, 1] - y0, 0, h), np.clip(b[:, 3] - y0, 0, h)
+    inside = sat[by1, bx1] - sat[by0, bx1] - sat[by1, bx0] + sat[by0, bx0]
+    out[:, k] = inside >= min_cover * sat[h, w]
   return out
 
 

@@ -126,9 +126,8 @@ def run_job(job: Job) -> dict:
     arrays = _ANN.annotate(rgb, art, key=job.rel, meta=meta)
     store.save(job.out, arrays)
     if job.overlay:
-      import numpy as np
-      h, w = rgb.shape[:2]
-      atomic = np.unpackbits(arrays["atomic_bits"], axis=-1, count=w).view(bool)
+      from data_prep.masks import unpack_boxes
+      atomic = unpack_boxes(arrays["atomic_boxes"], arrays["atomic_box_bits"], *rgb.shape[:2])
       imageio.save_png(job.overlay, overlay.render(rgb, atomic, arrays["parsing"], title=job.rel,
                                                    landmarks=arrays["landmarks"]))
     res.update(ok=True, flags=json.loads(str(arrays["meta"]))["flags"], artifact=art is not None)

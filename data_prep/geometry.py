@@ -46,15 +46,11 @@ class FaceFrame:
     return self.lm[list(idx)]
 
   @functools.cached_property
-  def _grid(self):
-    ys, xs = np.mgrid[0:self.h, 0:self.w].astype(np.float32)
-    return xs - np.float32(self.origin[0]), ys - np.float32(self.origin[1])
-
-  @functools.cached_property
   def v_map(self) -> np.ndarray:
-    """Per-pixel v (float32, units of s)."""
-    gx, gy = self._grid
-    return (gx * np.float32(self.ey[0] / self.s) + gy * np.float32(self.ey[1] / self.s))
+    """Per-pixel v (float32, units of s), from a row and a column broadcast (no grids)."""
+    gx = np.arange(self.w, dtype=np.float32) - np.float32(self.origin[0])
+    gy = np.arange(self.h, dtype=np.float32) - np.float32(self.origin[1])
+    return (gx * np.float32(self.ey[0] / self.s))[None, :] + (gy * np.float32(self.ey[1] / self.s))[:, None]
 
   @functools.cached_property
   def left(self) -> np.ndarray:
@@ -96,6 +92,12 @@ def fill(shape, *polys) -> np.ndarray:
   m = np.zeros(shape, np.uint8)
   cv2.fillPoly(m, [_fix(p) for p in polys if len(p) >= 3], 1, cv2.LINE_8, _SHIFT)
   return m.view(bool)
+
+
+def paint(img: np.ndarray, pts, value: int) -> None:
+  """Set the pixels of one polygon (the pixels of `fill`) to `value`, in place."""
+  if len(pts) >= 3:
+    cv2.fillPoly(img, [_fix(pts)], int(value), cv2.LINE_8, _SHIFT)
 
 
 def polyline_band(shape, pts, half_width: float) -> np.ndarray:

@@ -36,17 +36,47 @@ def to_rgb(im: Image.Image) -> np.ndarray:
   return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
 
 
+_CV2_MODES = {"RGB": 3, "RGBA": 4, "L": 1}
+
+
+def _png_fast(path: Path, im: Image.Image):
+  """HxW(x3) uint8 decoded by OpenCV (about 15% faster than PIL, the same pixels: PNG
+  is lossless) for the plain 8-bit PNGs that need nothing of to_rgb's conversions, else
+  None.  Files with an eXIf chunk (its name anywhere in the bytes) are left to PIL."""
+  if im.format != "PNG" or im.mode not in _CV2_MODES:
+    return None
+  data = path.read_bytes()
+  if b"eXIf" in data:
+    return None
+  import cv2
+  a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+  want = _CV2_MODES[im.mode]
+  if a is None or a.dtype != np.uint8 or (a.shape[2] if a.ndim == 3 else 1) != want:
+    return None
+  if want == 1:
+    return a
+  return cv2.cvtColor(a, cv2.COLOR_BGR2RGB if want == 3 else cv2.COLOR_BGRA2RGB)
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
   path = Path(path)
   if not path.exists():
     raise ImageError(f"{path}: no such file")
   try:
     with Image.open(path) as im:
-      im.load()
-      im = ImageOps.exif_transpose(im)
-      rgb = to_rgb(im)
+      rgb = _png_fast(path, im)
+      if rgb is None:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        rgb = to_rgb(im)
+      elif rgb.ndim == 2:
+        rgb = np.ascontiguousarray(np.repeat(rgb[..., None], 3, axis=2))
   except (UnidentifiedImageError, OSError, SyntaxError) as e:
     raise ImageError(f"{path}: not a readable image ({e})") from None
+  return _checked(path, rgb)
+
+
+def _checked(path: Path, rgb: np.ndarray) -> np.ndarray:
   if rgb.ndim != 3 or rgb.shape[0] < 8 or rgb.shape[1] < 8:
     raise ImageError(f"{path}: image of shape {rgb.shape} is too small (at least 8x8)")
   return rgb
@@ -57,9 +87,11 @@ def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
   path = Path(path)
   try:
     with Image.open(path) as im:
-      im.load()
-      im = ImageOps.exif_transpose(im)
-      a = np.asarray(im.convert("L")) if im.mode not in ("1", "L") else np.asarray(im)
+      a = _png_fast(path, im) if im.mode == "L" else None
+      if a is None:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        a = np.asarray(im.convert("L")) if im.mode not in ("1", "L") else np.asarray(im)
   except FileNotFoundError:
     raise ImageError(f"{path}: no such file") from None
   except (UnidentifiedImageError, OSError, SyntaxError) as e:

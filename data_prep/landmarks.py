@@ -71,6 +71,25 @@ def cut_fraction(landmarks: np.ndarray, height: int, width: int) -> float:
   return float(outside.mean())
 
 
+# A NormalizedLandmark on the wire when exactly x, y and z are set: tag 0x0a, length 15,
+# then 0x0d x, 0x15 y, 0x1d z as little-endian float32s.
+_WIRE = np.dtype([("head", "u1", 2), ("tx", "u1"), ("x", "<f4"), ("ty", "u1"), ("y", "<f4"),
+                  ("tz", "u1"), ("z", "<f4")])
+
+
+def _landmark_array(lms) -> np.ndarray:
+  """(n, 3) float32 normalised x, y, z of a NormalizedLandmarkList: read from its
+  serialised bytes when every landmark has the plain layout above (a tenth of the time
+  of 478 protobuf attribute reads), else field by field."""
+  b = lms.SerializeToString()
+  if len(b) % _WIRE.itemsize == 0:
+    r = np.frombuffer(b, _WIRE)
+    if ((r["head"] == (0x0A, 0x0F)).all() and (r["tx"] == 0x0D).all() and (r["ty"] == 0x15).all()
+        and (r["tz"] == 0x1D).all()):
+      return np.stack([r["x"], r["y"], r["z"]], 1)
+  return np.array([(p.x, p.y, p.z) for p in lms.landmark], np.float32)
+
+
 class Landmarker:
   """One FaceMesh graph, reused for every image (build one per process)."""
 
@@ -96,9 +115,9 @@ class Landmarker:
     res = self._mesh.process(np.ascontiguousarray(rgb))
     faces = []
     for f in res.multi_face_landmarks or []:
-      a = np.array([(p.x * w, p.y * h, p.z * w) for p in f.landmark], dtype=np.float32)
+      a = _landmark_array(f)
       if a.shape == (NUM_LANDMARKS, 3):
-        faces.append(a)
+        faces.append((a.astype(np.float64) * np.array([w, h, w])).astype(np.float32))
     return faces
 
   def detect(self, rgb: np.ndarray) -> FaceResult:

@@ -47,3 +47,34 @@ def bbox(packed_mask: np.ndarray, width: int) -> tuple[int, int, int, int] | Non
   cols = np.flatnonzero(np.unpackbits(np.bitwise_or.reduce(packed_mask[rows[0]:rows[-1] + 1], axis=0),
                                       count=width))
   return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def pack_boxes(masks) -> tuple[np.ndarray, np.ndarray]:
+  """Sparse on-disk form of masks given on boxes (data_prep.sparse.Sp, tight):
+  (boxes (N, 4) int32 [x0, y0, x1, y1) in pixel edges, -1s when empty;
+   bits uint8 (n,): for each mask in turn, np.packbits of its box along rows, raveled)."""
+  boxes = np.full((len(masks), 4), -1, np.int32)
+  chunks = []
+  for k, m in enumerate(masks):
+    if m.a.size:
+      h, w = m.a.shape
+      boxes[k] = (m.x0, m.y0, m.x0 + w, m.y0 + h)
+      chunks.append(np.packbits(m.a, axis=-1).ravel())
+  bits = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
+  return boxes, bits
+
+
+def unpack_boxes(boxes: np.ndarray, bits: np.ndarray, height: int, width: int) -> np.ndarray:
+  """(N, H, W) bool from pack_boxes' (boxes, bits)."""
+  out = np.zeros((len(boxes), height, width), bool)
+  pos = 0
+  for k, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, np.int64)):
+    if x0 < 0:
+      continue
+    h, wb = y1 - y0, (x1 - x0 + 7) // 8
+    rows = bits[pos:pos + h * wb].reshape(h, wb)
+    out[k, y0:y1, x0:x1] = np.unpackbits(rows, axis=-1, count=x1 - x0).view(bool)
+    pos += h * wb
+  if pos != bits.size:
+    raise ValueError(f"packed mask bits: {bits.size} bytes for boxes that need {pos}")
+  return out

@@ -59,33 +59,39 @@ class Annotator:
 
     The mask array is this annotator's work buffer: copy it to keep it past the next call.
     """
+    face, labels, atomic = self.sparse_regions(rgb)
+    allm = self._buffer(*rgb.shape[:2])
+    for k, m in enumerate(atomic):
+      m.paste(allm[regions.ATOMIC_POS[k]])
+    return face, labels, regions.unions_inplace(allm)
+
+  def sparse_regions(self, rgb: np.ndarray):
+    """(FaceResult, parsing labels, the 112 atomic Region Masks as data_prep.sparse.Sp)."""
     face = self.landmarker.detect(rgb)
     labels = self.parser.parse(rgb, face.landmarks)
-    allm = regions.fill_concepts(self._buffer(*rgb.shape[:2]), labels, face.landmarks)
-    return face, labels, allm
+    return face, labels, regions.sparse_atomic(labels, face.landmarks)
 
   def annotate(self, rgb: np.ndarray, artifact: np.ndarray | None = None, key: str = "",
                meta: dict | None = None) -> dict:
-    """The arrays of a data_prep.store file for one image."""
+    """The arrays of a data_prep.store file for one image.  Everything after the
+    procedures works on the masks' boxes (data_prep.sparse), never on 184 whole images."""
     h, w = rgb.shape[:2]
     if artifact is not None and artifact.shape != (h, w):
       raise ValueError(f"artifact mask is {artifact.shape[1]}x{artifact.shape[0]}, image is {w}x{h}")
-    face, labels, allm = self.regions(rgb)
-    atomic_bits = np.empty((len(fict.ATOMIC), h, (w + 7) // 8), np.uint8)
-    for k, p in enumerate(regions.ATOMIC_POS):
-      atomic_bits[k] = np.packbits(allm[p], axis=-1)
+    face, labels, atomic = self.sparse_regions(rgb)
+    allm = regions.sparse_all(atomic)
+    boxes, bits = M.pack_boxes(atomic)
     out = {"format": np.array(store.FORMAT), "height": np.array(h), "width": np.array(w),
-           "atomic_bits": atomic_bits, "parsing": labels, "landmarks": face.landmarks.astype(np.float32),
-           "parent_boxes": artifacts.parent_boxes(allm)}
+           "atomic_boxes": boxes, "atomic_box_bits": bits, "parsing": labels,
+           "landmarks": face.landmarks.astype(np.float32), "parent_boxes": artifacts.parent_boxes_sparse(allm)}
     if artifact is not None:
-      s2 = artifacts.step2(allm, artifact, self.config.thresholds)
+      s2 = artifacts.step2_sparse(allm, artifact, self.config.thresholds)
       out.update(s2)
       out["artifact_bits"] = M.pack(artifact)
       existing_atomic = s2["artifact_existing"][regions.ATOMIC_POS]
-      out.update(bage.bage_boxes([allm[p] for p in regions.ATOMIC_POS], artifact, existing_atomic,
-                                 self.config.bage, key))
+      out.update(bage.bage_boxes(atomic, artifact, existing_atomic, self.config.bage, key))
     else:
-      out["region_pixels"] = artifacts.region_pixels(allm)
+      out["region_pixels"] = np.array([m.count() for m in allm], np.int64)
     m = {"key": key, "height": h, "width": w, "n_faces": face.n_faces, "cut_fraction": face.cut_fraction,
          "flags": face.flags, "parser": self.parser.name, "config": self.config.to_json(),
          "concepts": len(fict.NAMES)}

@@ -31,6 +31,7 @@ import numpy as np
 
 from data_prep import geometry as G
 from data_prep import mesh
+from data_prep import sparse as S
 from data_prep.parsing import C
 
 try:
@@ -47,7 +48,6 @@ FOREHEAD_UP = 1.2      # the forehead polygon reaches this far above the oval (r
 TEMPLE_OUT = 0.3       # the temple polygon reaches this far outside the oval
 FOLD = 0.06            # half-width of the nasolabial fold band
 FEATURE_ROI = 0.15     # parsed eyes/brows/lips are taken within this distance of their polygon
-ROI_MARGIN = 0.8       # face concepts are computed on the landmark box grown by this (and FOREHEAD_UP above)
 
 OVAL_PART_NAMES = tuple(mesh.OVAL_PARTS)  # forehead, temple, ear, cheek, jaws
 _SIDE_PART = {"forehead": "{} part of forehead", "temple": "{} temple", "ear": "{} ear",
@@ -190,33 +190,60 @@ class _Ctx:
     self.lm = self.f.lm
     self.w = self.f.px(EDGE)
     self.wt = self.f.px(THIN_EDGE)
+    self._cls = {}
+    self.left = S.Sp.full(self.f.left)
 
-  def cls(self, *names) -> np.ndarray:
+  def cls(self, *names) -> S.Sp:
+    """Pixels of any of the parsing classes, on their bounding box (cached)."""
+    m = self._cls.get(names)
+    if m is None:
+      if len(names) == 1:
+        a = self.lab == C[names[0]]
+      else:
+        lut = np.zeros(256, np.uint8)
+        lut[[C[n] for n in names]] = 1
+        a = cv2.LUT(self.lab, lut).view(bool)
+      m = self._cls[names] = S.Sp.full(a).tight()
+    return m
+
+  def cls_in(self, *names) -> S.Field:
+    """Pixels of any of the parsing classes, evaluated only on the box of the mask it
+    is ANDed with (for classes only ever intersected with a landmark region)."""
+    lab = self.lab
     if len(names) == 1:
-      return self.lab == C[names[0]]
+      c = C[names[0]]
+      return S.Field(lambda y0, y1, x0, x1: lab[y0:y1, x0:x1] == c)
     lut = np.zeros(256, np.uint8)
     lut[[C[n] for n in names]] = 1
-    return cv2.LUT(self.lab, lut).view(bool)
+    return S.Field(lambda y0, y1, x0, x1: cv2.LUT(lab[y0:y1, x0:x1], lut).view(bool))
 
   def P(self, idx, side="R") -> np.ndarray:
     return self.lm[list(idx) if side == "R" else mesh.mirror(idx)]
 
-  def poly(self, idx, side="R") -> np.ndarray:
-    return G.fill(self.shape, self.P(idx, side))
+  def poly(self, idx, side="R") -> S.Sp:
+    return S.fill(self.shape, self.P(idx, side))
 
-  def sym(self, chain) -> np.ndarray:
-    return G.fill(self.shape, self.lm[mesh.sym_polygon(chain)])
+  def sym(self, chain) -> S.Sp:
+    return S.fill(self.shape, self.lm[mesh.sym_polygon(chain)])
 
   def push(self, pts, du=0.0, dv=0.0) -> np.ndarray:
     return pts + self.f.s * (du * self.f.ex + dv * self.f.ey)
 
-  def below(self, v0: float) -> np.ndarray:
+  def below(self, v0: float) -> S.Field:
     """Pixels (centres) with v > v0: below a line across the face."""
-    return G.halfplane(self.shape, self.f.xy(np.array([0.0, v0])), self.f.ey)
+    return S.halfplane(self.shape, self.f.xy(np.array([0.0, v0])), self.f.ey)
 
-  def v_of(self, mask: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    return self.f.uv(np.stack([xs + 0.5, ys + 0.5], -1))[:, 1]
+  def v_range(self, mask: S.Sp) -> tuple[float, float]:
+    """Least and greatest v of a non-empty mask's pixel centres.  v is linear in x along
+    a row, so only each row's first and last pixel are needed."""
+    a = mask.a
+    rows = np.flatnonzero(a.any(1))
+    first = a[rows].argmax(1)
+    last = a.shape[1] - 1 - a[rows, ::-1].argmax(1)
+    xs = np.concatenate([first, last]) + (mask.x0 + 0.5)
+    ys = np.concatenate([rows, rows]) + (mask.y0 + 0.5)
+    v = self.f.uv(np.stack([xs, ys], -1))[:, 1]
+    return float(v.min()), float(v.max())
 
   def oval_parts(self):
     """Nearest oval part (0 none, 1..5 right forehead..jaws, 6..10 left) and distance (s units)."""
@@ -238,16 +265,38 @@ class _Ctx:
     if zy.size == 0:
       part[:] = 0
       dist[:] = np.inf
+    self.part_boxes = self._part_boxes(part, k)
     if k > 1:
       part = cv2.resize(part, (w, h), interpolation=cv2.INTER_NEAREST)
       dist = cv2.resize(dist, (w, h), interpolation=cv2.INTER_LINEAR)
+    self.part = part
     return part, dist * (k / self.f.s)
+
+  def _part_boxes(self, small: np.ndarray, k: int) -> dict:
+    """For each oval part code, a box (y0, y1, x0, x1) holding all its pixels at full
+    size, from the k-times smaller map (a pixel of margin covers the nearest-neighbour
+    upscaling's rounding)."""
+    h, w = self.shape
+    sh, sw = small.shape
+    out = {}
+    for code in range(1, 11):
+      x, y, bw, bh = cv2.boundingRect((small == code).view(np.uint8))
+      if bw == 0:
+        out[code] = (0, 0, 0, 0)
+        continue
+      out[code] = (max(0, math.floor(y * h / sh) - 1), min(h, math.ceil((y + bh) * h / sh) + 1),
+                   max(0, math.floor(x * w / sw) - 1), min(w, math.ceil((x + bw) * w / sw) + 1))
+    return out
+
+  def in_part(self, m: S.Sp, code: int) -> S.Sp:
+    """The pixels of m whose nearest oval part is `code` (looked at inside that part's box)."""
+    return m.clip(*self.part_boxes[code]) & S.equal(self.part, code)
 
 
 def _outer_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -> None:
   """Concepts that may reach anywhere in the picture (computed on the whole image)."""
-  shape, f, w = x.shape, x.f, x.w
-  left = f.left
+  w = x.w
+  left = x.left
   right = ~left
   sides = {"right": right, "left": left}
   face_cls = x.cls("skin", "nose", "l_brow", "r_brow", "l_eye", "r_eye", "mouth", "u_lip", "l_lip", "eye_g")
@@ -255,15 +304,15 @@ def _outer_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) 
 
   # --- hair
   hair = x.cls("hair")
-  near = hair & (d_oval <= NEAR_HAIR)
+  near = hair & S.threshold_le(d_oval, NEAR_HAIR)
   for si, side in enumerate(("right", "left")):
     for pi, p in enumerate(OVAL_PART_NAMES):
-      out[f"hair near {_side_part(p, side)}"] = near & (part == si * 5 + pi + 1)
+      out[f"hair near {_side_part(p, side)}"] = x.in_part(near, si * 5 + pi + 1)
   outer = hair & ~near
   out["left part of outer hair"] = outer & left
   out["right part of outer hair"] = outer & right
-  band = G.edge_band(hair, w)
-  inner = band & G.dilate(face_cls | ears_cls, 2 * w)
+  band = S.edge_band(hair, w)
+  inner = band & S.dilate(face_cls | ears_cls, 2 * w)
   out["inner edge of hair"] = inner
   out["outer edge of hair"] = band & ~inner
 
@@ -271,23 +320,23 @@ def _outer_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) 
   for side in ("left", "right"):
     ear = ears_cls & sides[side]
     if ear.any():
-      vv = x.v_of(ear)
-      low = x.below((vv.min() + vv.max()) / 2)
+      lo, hi = x.v_range(ear)
+      low = x.below((lo + hi) / 2)
+      out[f"upper part of {side} ear"] = ear & ~low
+      out[f"lower part of {side} ear"] = ear & low
     else:
-      low = np.zeros(shape, bool)
-    out[f"upper part of {side} ear"] = ear & ~low
-    out[f"lower part of {side} ear"] = ear & low
-    out[f"edges of {side} ear"] = G.edge_band(ear, w)
+      out[f"upper part of {side} ear"] = out[f"lower part of {side} ear"] = ear
+    out[f"edges of {side} ear"] = S.edge_band(ear, w)
 
   # --- neck, adornments, clothing, background
   for concept, cls in (("neck", "neck"), ("hat", "hat"), ("eyeglasses", "eye_g"), ("clothing", "cloth")):
     m = x.cls(cls)
     out[concept] = m
-    out[f"edges of {concept}"] = G.edge_band(m, w)
+    out[f"edges of {concept}"] = S.edge_band(m, w)
   ring = x.cls("ear_r")
   out["left earring"] = ring & left
   out["right earring"] = ring & right
-  out["edges of earrings"] = G.edge_band(ring, w)
+  out["edges of earrings"] = S.edge_band(ring, w)
   bg = x.cls("background")
   out["left part of background"] = bg & left
   out["right part of background"] = bg & right
@@ -297,11 +346,11 @@ def _outer_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) 
 def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -> None:
   """Concepts inside the face box (computed on a crop around the landmarks)."""
   shape, f, w, wt = x.shape, x.f, x.w, x.wt
-  left = f.left
+  left = x.left
   right = ~left
   sides = {"right": right, "left": left}
   sidekey = {"right": "R", "left": "L"}
-  skin = x.cls("skin")
+  skin = x.cls_in("skin")
   face_cls = x.cls("skin", "nose", "l_brow", "r_brow", "l_eye", "r_eye", "mouth", "u_lip", "l_lip", "eye_g")
 
   # --- forehead
@@ -309,11 +358,11 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
   top_l = x.push(x.P(mesh.FOREHEAD_TOP_R, "L"), dv=-FOREHEAD_UP)
   bottom_r, bottom_l = x.P(mesh.FOREHEAD_BOTTOM_R), x.P(mesh.FOREHEAD_BOTTOM_R, "L")
   poly = np.concatenate([top_r[::-1], top_l[1:], bottom_l, bottom_r[::-1][1:]])
-  forehead = G.fill(shape, poly) & skin
+  forehead = S.fill(shape, poly) & skin
   brow_up = np.concatenate([x.P(mesh.BROW_UP), x.P(mesh.BROW_UP, "L")])
   v_bottom = f.uv(brow_up)[:, 1].mean()
   if forehead.any():
-    v_split = (x.v_of(forehead).min() + v_bottom) / 2
+    v_split = (x.v_range(forehead)[0] + v_bottom) / 2
   else:
     v_split = v_bottom
   lower_half = x.below(v_split)
@@ -321,9 +370,9 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
     out[f"upper {side} part of forehead"] = forehead & sides[side] & ~lower_half
     out[f"lower {side} part of forehead"] = forehead & sides[side] & lower_half
   line = np.concatenate([x.P(mesh.FOREHEAD_BOTTOM_R[1:]), x.P(mesh.FOREHEAD_BOTTOM_R[1:-1], "L")[::-1]])
-  bottom_edge = G.polyline_band(shape, line, w) & G.dilate(forehead, 2 * w)
+  bottom_edge = S.polyline_band(shape, line, w) & S.dilate(forehead, 2 * w)
   out["bottom edge of forehead"] = bottom_edge
-  out["top edge of forehead"] = G.edge_band(forehead, w) & ~lower_half & ~bottom_edge
+  out["top edge of forehead"] = S.edge_band(forehead, w) & ~lower_half & ~bottom_edge
 
   # --- temples
   for side in ("left", "right"):
@@ -332,58 +381,59 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
     lat = x.P([54, 21, 162, 127], sk)
     poly = np.concatenate([lat[:1], x.push(lat, du=out_dir * TEMPLE_OUT), lat[-1:],
                            x.P([143, 35, 124, 46, 70], sk)])
-    t = G.fill(shape, poly) & skin
+    t = S.fill(shape, poly) & skin
     out[f"{side} temple"] = t
-    out[f"edges of {side} temple"] = G.edge_band(t, w)
+    out[f"edges of {side} temple"] = S.edge_band(t, w)
 
   # --- eyebrows
-  brow_cls = x.cls("l_brow", "r_brow")
-  brows_all = np.zeros(shape, bool)
+  brow_cls = x.cls_in("l_brow", "r_brow")
+  brows = []
   for side in ("left", "right"):
     sk = sidekey[side]
-    roi = G.dilate(x.poly(mesh.BROW, sk), f.px(FEATURE_ROI))
+    roi = S.dilate(x.poly(mesh.BROW, sk), f.px(FEATURE_ROI))
     brow = brow_cls & roi
-    brows_all |= brow
+    brows.append(brow)
     head = (x.P([107], sk)[0] + x.P([55], sk)[0]) / 2
     tail = (x.P([70], sk)[0] + x.P([46], sk)[0]) / 2
     axis = tail - head
     n = np.array([-axis[1], axis[0]]) / max(np.hypot(*axis), 1e-6) * f.s
     for name, t0, t1 in (("headstart", -1.0, 1 / 3), ("middle part", 1 / 3, 2 / 3), ("tail", 2 / 3, 2.0)):
       a, b = head + t0 * axis, head + t1 * axis
-      out[f"{name} of {side} eyebrow"] = brow & G.fill(shape, np.array([a - n, b - n, b + n, a + n]))
+      out[f"{name} of {side} eyebrow"] = brow & S.fill(shape, np.array([a - n, b - n, b + n, a + n]))
     up, lo = x.P(mesh.BROW_UP, sk), x.P(mesh.BROW_LO, sk)
     centre = (up + lo) / 2
     ext0 = centre[0] + (centre[0] - centre[-1]) * 0.5
     ext1 = centre[-1] + (centre[-1] - centre[0]) * 0.5
     cl = np.concatenate([[ext0], centre, [ext1]])
-    upper = G.fill(shape, np.concatenate([cl, x.push(cl, dv=-1.0)[::-1]]))
-    bband = G.edge_band(brow, wt)
+    upper = S.fill(shape, np.concatenate([cl, x.push(cl, dv=-1.0)[::-1]]))
+    bband = S.edge_band(brow, wt)
     out[f"top edge of {side} eyebrow"] = bband & upper
     out[f"bottom edge of {side} eyebrow"] = bband & ~upper
+  brows_all = S.union(brows)
   out["region between eyebrows"] = x.sym(mesh.BETWEEN_BROWS_CHAIN) & skin & ~brows_all
 
   # --- eyes
-  eye_cls = x.cls("l_eye", "r_eye")
-  eyes_all = np.zeros(shape, bool)
+  eye_cls = x.cls_in("l_eye", "r_eye")
+  eyes = []
   for side in ("left", "right"):
     sk = sidekey[side]
-    eye = eye_cls & G.dilate(x.poly(mesh.EYE, sk), f.px(FEATURE_ROI * 0.5))
-    eyes_all |= eye
+    eye = eye_cls & S.dilate(x.poly(mesh.EYE, sk), f.px(FEATURE_ROI * 0.5))
+    eyes.append(eye)
     c = x.P([mesh.IRIS_CENTER], sk)[0]
     r = float(np.linalg.norm(x.P(mesh.IRIS_RIM, sk) - c, axis=1).mean())
-    disk = G.ellipse(shape, c, (r, r), 0.0)
+    disk = S.ellipse(shape, c, (r, r), 0.0)
     out[f"iris of {side} eye"] = eye & disk
     out[f"sclera of {side} eye"] = eye & ~disk
-    out[f"top edge of {side} eye"] = G.polyline_band(shape, x.P(mesh.EYE_UP, sk), wt)
-    out[f"bottom edge of {side} eye"] = G.polyline_band(shape, x.P(mesh.EYE_LO, sk), wt)
+    out[f"top edge of {side} eye"] = S.polyline_band(shape, x.P(mesh.EYE_UP, sk), wt)
+    out[f"bottom edge of {side} eye"] = S.polyline_band(shape, x.P(mesh.EYE_LO, sk), wt)
     out[f"upper eyelid of {side} eye"] = x.poly(mesh.EYE_UP + mesh.RING3_UP[::-1], sk) & skin
     out[f"lower eyelid of {side} eye"] = x.poly(mesh.EYE_LO + mesh.RING2_LO[::-1], sk) & skin
     out[f"eye bag of {side} eye"] = x.poly(mesh.RING2_LO + mesh.RING3_LO[::-1], sk) & skin
     out[f"upper eye socket of {side} eye"] = x.poly(mesh.UPPER_SOCKET_R, sk) & skin & ~brows_all
     out[f"lower eye socket of {side} eye"] = x.poly(mesh.RING3_LO + mesh.RING4_LO[::-1], sk) & skin
-  nose_cls = x.cls("nose")
-  nose_any = nose_cls | skin
-  out["region between eyes"] = x.sym(mesh.BETWEEN_EYES_CHAIN) & nose_any & ~eyes_all
+  nose_cls = x.cls_in("nose")
+  nose_any = x.cls_in("nose", "skin")
+  out["region between eyes"] = x.sym(mesh.BETWEEN_EYES_CHAIN) & nose_any & ~S.union(eyes)
 
   # --- nose
   out["nasion"] = x.sym(mesh.NASION_CHAIN) & nose_any
@@ -391,8 +441,8 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
   out["nose base"] = x.sym(mesh.BASE_CHAIN) & nose_any
   out["nasal ala of right side"] = x.poly(mesh.ALA_R) & nose_any
   out["nasal ala of left side"] = x.poly(mesh.ALA_R, "L") & nose_any
-  nose_roi = G.dilate(x.sym(mesh.NOSE_CHAIN), f.px(0.3))
-  out["edges of nose"] = G.edge_band(nose_cls & nose_roi, w)
+  nose_roi = S.dilate(x.sym(mesh.NOSE_CHAIN), f.px(0.3))
+  out["edges of nose"] = S.edge_band(nose_cls & nose_roi, w)
 
   # --- cheeks, nasolabial folds
   for side in ("left", "right"):
@@ -402,20 +452,20 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
     low = x.below(v_split)
     out[f"upper part of {side} cheek"] = cheek & ~low
     out[f"lower part of {side} cheek"] = cheek & low
-    out[f"edges of {side} cheek"] = G.edge_band(cheek, w)
-    out[f"nasolabial fold of {side} side"] = G.polyline_band(shape, x.P(mesh.NASOLABIAL_R, sk), f.px(FOLD)) & skin
+    out[f"edges of {side} cheek"] = S.edge_band(cheek, w)
+    out[f"nasolabial fold of {side} side"] = S.polyline_band(shape, x.P(mesh.NASOLABIAL_R, sk), f.px(FOLD)) & skin
 
   # --- mouth
-  mroi = G.dilate(G.fill(shape, x.P(mesh.LIP_OUT_UP + mesh.LIP_OUT_LO[-2:0:-1])), f.px(FEATURE_ROI))
-  ulip, llip, cav = x.cls("u_lip") & mroi, x.cls("l_lip") & mroi, x.cls("mouth") & mroi
+  mroi = S.dilate(S.fill(shape, x.P(mesh.LIP_OUT_UP + mesh.LIP_OUT_LO[-2:0:-1])), f.px(FEATURE_ROI))
+  ulip, llip, cav = mroi & x.cls_in("u_lip"), mroi & x.cls_in("l_lip"), mroi & x.cls_in("mouth")
   out["upper lip"], out["lower lip"], out["oral cavity"] = ulip, llip, cav
-  band = G.edge_band(ulip | llip | cav, w)
+  band = S.edge_band(ulip | llip | cav, w)
   c0, c1 = x.P([61])[0], x.P([291])[0]
   dirv = c1 - c0
   nrm = np.array([-dirv[1], dirv[0]])
   if nrm @ f.ey < 0:
     nrm = -nrm
-  below_corners = G.halfplane(shape, c0, nrm)
+  below_corners = S.halfplane(shape, c0, nrm)
   out["top edge of mouth"] = band & ~below_corners
   out["bottom edge of mouth"] = band & below_corners
 
@@ -423,93 +473,76 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
   for side in ("left", "right"):
     sk = sidekey[side]
     jaw = x.poly(mesh.JAW_R, sk) & skin
-    depth = float(d_oval[jaw].max()) if jaw.any() else 0.0
-    low = jaw & (d_oval <= min(LOWER_JAW, depth / 2))
+    depth = float(S.values_in(d_oval, jaw).max()) if jaw.any() else 0.0
+    low = jaw & S.threshold_le(d_oval, min(LOWER_JAW, depth / 2))
     out[f"{side} part of lower jaw"] = low
     out[f"{side} part of upper jaw"] = jaw & ~low
-  out["top edge of jaws"] = (G.polyline_band(shape, x.P(mesh.CHEEK_JAW_LINE_R), w)
-                             | G.polyline_band(shape, x.P(mesh.CHEEK_JAW_LINE_R, "L"), w))
-  out["bottom edge of jaws"] = (G.polyline_band(shape, x.P(mesh.JAWLINE_R), w)
-                                | G.polyline_band(shape, x.P(mesh.JAWLINE_R, "L"), w))
+  out["top edge of jaws"] = (S.polyline_band(shape, x.P(mesh.CHEEK_JAW_LINE_R), w)
+                             | S.polyline_band(shape, x.P(mesh.CHEEK_JAW_LINE_R, "L"), w))
+  out["bottom edge of jaws"] = (S.polyline_band(shape, x.P(mesh.JAWLINE_R), w)
+                                | S.polyline_band(shape, x.P(mesh.JAWLINE_R, "L"), w))
   chin = x.sym(mesh.CHIN_CHAIN) & skin
   out["left part of chin"] = chin & left
   out["right part of chin"] = chin & right
-  out["edges of chin"] = G.edge_band(chin, w)
+  out["edges of chin"] = S.edge_band(chin, w)
   out["philtrum"] = x.sym(mesh.PHILTRUM_CHAIN) & skin
 
   # --- face edge
-  fband = G.edge_band(face_cls, w) & (d_oval <= 0.5)
+  fband = S.edge_band(face_cls, w) & S.threshold_le(d_oval, 0.5)
   for si, side in enumerate(("right", "left")):
     for pi, p in enumerate(OVAL_PART_NAMES):
-      nm = f"face edge near {_side_part(p, side)}"
-      out[nm] = fband & (part == si * 5 + pi + 1)
+      out[f"face edge near {_side_part(p, side)}"] = x.in_part(fband, si * 5 + pi + 1)
 
 
 
-def face_roi(f: G.FaceFrame, landmarks: np.ndarray) -> tuple[int, int, int, int]:
-  """(y0, y1, x0, x1) of the crop holding every face concept; x0 and the width are
-  multiples of 8 (so packed rows paste without shifting) unless clipped by the image."""
-  lm = np.asarray(landmarks, np.float64)[:, :2]
-  uv = f.uv(lm)
-  lo, hi = uv.min(0) - ROI_MARGIN, uv.max(0) + ROI_MARGIN
-  lo[1] -= FOREHEAD_UP + 0.2
-  corners = f.xy(np.array([[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]]]))
-  x0, y0 = np.floor(corners.min(0)).astype(int)
-  x1, y1 = np.ceil(corners.max(0)).astype(int)
-  x0 = max(0, min(f.w, x0)) // 8 * 8
-  x1 = min(f.w, max(0, -(-x1 // 8) * 8))
-  y0, y1 = max(0, min(f.h, y0)), min(f.h, max(0, y1))
-  return int(y0), int(max(y0, y1)), int(x0), int(max(x0, x1))
-
-
-def region_masks(labels: np.ndarray, landmarks: np.ndarray, packed: bool = False, roi: bool = True) -> np.ndarray:
-  """The 112 atomic Region Masks in `fict.ATOMIC` order.
+def sparse_atomic(labels: np.ndarray, landmarks: np.ndarray) -> list[S.Sp]:
+  """The 112 atomic Region Masks in `fict.ATOMIC` order, each on its bounding box
+  (data_prep.sparse.Sp; an empty mask has an empty box).
 
   labels: HxW uint8 parsing in `parsing.CLASSES`; landmarks: (478, 3) pixels.
-  Returns (112, H, W) bool, or with `packed` (112, H, ceil(W/8)) uint8 (data_prep.masks).
-  `roi=False` computes the face concepts on the whole image instead of a crop around
-  the face (same result, slower; kept for the tests).
   """
+  labels = np.ascontiguousarray(labels, dtype=np.uint8)
+  x = _Ctx(labels, np.asarray(landmarks, np.float64))
+  part, d_oval = x.oval_parts()
+  out: dict[str, S.Sp] = {}
+  _outer_concepts(x, part, d_oval, out)
+  _face_concepts(x, part, d_oval, out)
+  missing = [a for a in fict.ATOMIC if a not in out]
+  if missing or len(out) != len(fict.ATOMIC):
+    raise AssertionError(f"region procedures missing {missing}")
+  return [out[a].tight() for a in fict.ATOMIC]
+
+
+def sparse_all(atomic: list[S.Sp]) -> list[S.Sp]:
+  """All 184 Region Masks in `fict.NAMES` order from the tight sparse atomic ones; each
+  parent is the union of its children on the union of their boxes, which is tight too."""
+  allm: list = [None] * len(fict.NAMES)
+  for k, p in enumerate(ATOMIC_POS):
+    allm[p] = atomic[k]
+  for p, ch in UNION_PLAN:
+    allm[p] = S.union([allm[c] for c in ch])
+  return allm
+
+
+def region_masks(labels: np.ndarray, landmarks: np.ndarray, packed: bool = False) -> np.ndarray:
+  """The 112 atomic Region Masks in `fict.ATOMIC` order, dense: (112, H, W) bool, or
+  with `packed` (112, H, ceil(W/8)) uint8 (data_prep.masks)."""
   h, w = np.shape(labels)
-  buf = np.empty((len(fict.NAMES), h, w), bool)
-  fill_concepts(buf, labels, landmarks, roi=roi, parents=False)
-  atomic = buf[ATOMIC_POS]
+  atomic = np.empty((len(fict.ATOMIC), h, w), bool)
+  for k, m in enumerate(sparse_atomic(labels, landmarks)):
+    m.paste(atomic[k])
   return np.packbits(atomic, axis=-1) if packed else atomic
 
 
-def fill_concepts(buf: np.ndarray, labels: np.ndarray, landmarks: np.ndarray, roi: bool = True,
-                  parents: bool = True) -> np.ndarray:
+def fill_concepts(buf: np.ndarray, labels: np.ndarray, landmarks: np.ndarray, parents: bool = True) -> np.ndarray:
   """Write all Region Masks into `buf`, a (184, H, W) bool array in `fict.NAMES` order
   (reused between images of one size to spare allocations); parents too unless
   `parents=False`.  Returns buf."""
-  labels = np.ascontiguousarray(labels, dtype=np.uint8)
-  landmarks = np.asarray(landmarks, np.float64)
-  h, w = labels.shape
+  h, w = np.shape(labels)
   if buf.shape != (len(fict.NAMES), h, w) or buf.dtype != bool:
     raise ValueError(f"buffer of shape {buf.shape} {buf.dtype}, need {(len(fict.NAMES), h, w)} bool")
-  x = _Ctx(labels, landmarks)
-  part, d_oval = x.oval_parts()
-  outer: dict[str, np.ndarray] = {}
-  _outer_concepts(x, part, d_oval, outer)
-  y0, y1, x0, x1 = face_roi(x.f, landmarks) if roi else (0, h, 0, w)
-  shift = np.array([x0, y0, 0.0])
-  inner: dict[str, np.ndarray] = {}
-  if y1 > y0 and x1 > x0:
-    sub = _Ctx(np.ascontiguousarray(labels[y0:y1, x0:x1]), landmarks - shift)
-    _face_concepts(sub, part[y0:y1, x0:x1], d_oval[y0:y1, x0:x1], inner)
-  else:  # the face box lies wholly outside the picture: no face concept is visible
-    inner = {a: None for a in fict.ATOMIC if a not in outer}
-  missing = [a for a in fict.ATOMIC if a not in outer and a not in inner]
-  if missing or len(outer) + len(inner) != len(fict.ATOMIC):
-    raise AssertionError(f"region procedures missing {missing}")
-  for k, a in enumerate(fict.ATOMIC):
-    row = buf[ATOMIC_POS[k]]
-    if a in outer:
-      row[...] = outer[a]
-    else:
-      row[...] = False
-      if inner[a] is not None:
-        row[y0:y1, x0:x1] = inner[a]
+  for k, m in enumerate(sparse_atomic(labels, landmarks)):
+    m.paste(buf[ATOMIC_POS[k]])
   if parents:
     unions_inplace(buf)
   return buf

@@ -1,9 +1,12 @@
-"""Region Masks on real faces: visibility, unions, crop equivalence, mirror symmetry."""
+"""Region Masks on real faces: visibility, unions, equality with the dense reference, mirror symmetry."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from data_prep import regions
+from data_prep import artifacts, bage, parsing, regions, store
+from data_prep import masks as M
 from fifa_jax import fict
 
 IDX = {n: i for i, n in enumerate(fict.NAMES)}
@@ -48,13 +51,44 @@ def test_parents_are_exact_unions_of_atomic_descendants(which, astro_regions, to
   assert all(np.array_equal(masks[n], allm[IDX[n]]) for n in fict.NAMES)
 
 
+REFERENCE = Path(__file__).with_name("data") / "region_reference.npz"
+
+
+@pytest.mark.parametrize("case", ["astronaut", "tom", "astronaut_flipped", "aligned512"])
+def test_masks_equal_the_dense_reference(case):
+  """Every one of the 184 masks equals the dense implementation's (commit 9170875,
+  tests/prep/data/make_region_reference.py), from the same landmarks and person mask."""
+  with np.load(REFERENCE) as z:
+    lm, labels, person, ref = (z[f"{case}/{k}"] for k in ("landmarks", "labels", "person", "atomic"))
+  h, w = labels.shape
+  person = np.unpackbits(person, axis=-1, count=w).view(bool)
+  assert np.array_equal(parsing.builtin_labels(person, lm), labels)
+  ref_all = regions.all_from_atomic(np.unpackbits(ref, axis=-1, count=w).view(bool))
+  got = regions.sparse_all(regions.sparse_atomic(labels, lm))
+  bad = [n for i, n in enumerate(fict.NAMES) if not np.array_equal(got[i].dense(), ref_all[i])]
+  assert not bad
+  assert np.array_equal(regions.region_masks(labels, lm, packed=True), ref)
+
+
 @pytest.mark.parametrize("which", ["astronaut", "tom"])
-def test_face_crop_gives_the_same_masks_as_the_whole_image(which, astro_regions, tom_regions):
+def test_sparse_step2_boxes_and_store_match_dense(which, astro_regions, tom_regions, tmp_path):
   face, labels, allm = astro_regions if which == "astronaut" else tom_regions
-  full = regions.region_masks(labels, face.landmarks, roi=False)
-  assert np.array_equal(full, allm[regions.ATOMIC_POS])
-  packed = regions.region_masks(labels, face.landmarks, packed=True)
-  assert np.array_equal(np.unpackbits(packed, axis=-1, count=labels.shape[1]).view(bool), full)
+  atomic = regions.sparse_atomic(labels, face.landmarks)
+  sp = regions.sparse_all(atomic)
+  h, w = labels.shape
+  yy, xx = np.mgrid[0:h, 0:w]
+  art = (xx - 0.45 * w) ** 2 + (yy - 0.45 * h) ** 2 < (0.15 * w) ** 2
+  dense, sparse = artifacts.step2(allm, art), artifacts.step2_sparse(sp, art)
+  assert all(np.array_equal(dense[k], sparse[k]) for k in dense)
+  assert np.array_equal(artifacts.parent_boxes(allm), artifacts.parent_boxes_sparse(sp))
+  ex = dense["artifact_existing"][regions.ATOMIC_POS]
+  b_dense = bage.bage_boxes(allm[regions.ATOMIC_POS], art, ex, key="k")
+  b_sparse = bage.bage_boxes(atomic, art, ex, key="k")
+  assert all(np.array_equal(b_dense[k], b_sparse[k]) for k in b_dense)
+  boxes, bits = M.pack_boxes(atomic)
+  store.save(tmp_path / "x.npz", {"height": np.array(h), "width": np.array(w), "atomic_boxes": boxes,
+                                  "atomic_box_bits": bits})
+  assert np.array_equal(store.load(tmp_path / "x.npz")["atomic"], allm[regions.ATOMIC_POS])
 
 
 def _iou(a, b):
