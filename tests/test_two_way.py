@@ -11,49 +11,18 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from fifa_jax.convert import sam as sam_conv  # noqa: E402
+from fifa_jax.convert import stream  # noqa: E402
 from fifa_jax.models.pixel_decoder import PixelDecoder, PixelDecoderConfig  # noqa: E402
-from fifa_jax.models.two_way import MultiTaskDecoder, TwoWayConfig  # noqa: E402
+from fifa_jax.models.two_way import TwoWayConfig  # noqa: E402
 
 CFG = TwoWayConfig.tiny()
 GRID = 4  # image tokens per side
 
 
-def _set(var, value):
-  value = np.asarray(value)
-  assert var[...].shape == value.shape, (var[...].shape, value.shape)
-  var[...] = jnp.asarray(value, var[...].dtype)
-
-
-def _linear(ours, t, name):
-  _set(ours.kernel, t[name + ".weight"].T)
-  _set(ours.bias, t[name + ".bias"])
-
-
-def _norm(ours, t, name):
-  _set(ours.norm.scale, t[name + ".weight"])
-  _set(ours.norm.bias, t[name + ".bias"])
-
-
-def load_hf_two_way(ours, t, prefix="transformer."):
-  """HF SamTwoWayTransformer -> segment-anything names (layer_normN -> normN)."""
-  for i, blk in enumerate(ours.layers):
-    p = f"{prefix}layers.{i}."
-    for attn in ("self_attn", "cross_attn_token_to_image", "cross_attn_image_to_token"):
-      for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-        _linear(getattr(getattr(blk, attn), proj), t, p + f"{attn}.{proj}")
-    for j in range(1, 5):
-      _norm(getattr(blk, f"norm{j}"), t, p + f"layer_norm{j}")
-    _linear(blk.mlp.lin1, t, p + "mlp.lin1")
-    _linear(blk.mlp.lin2, t, p + "mlp.lin2")
-  for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-    _linear(getattr(ours.final_attn_token_to_image, proj), t,
-            f"{prefix}final_attn_token_to_image.{proj}")
-  _norm(ours.norm_final_attn, t, prefix + "layer_norm_final_attn")
-
-
-@pytest.fixture(scope="module")
-def sam():
-  torch.manual_seed(0)
+def hf_sam(seed: int = 0):
+  """A tiny random transformers SamModel with non-trivial decoder weights."""
+  torch.manual_seed(seed)
   d = CFG.dim
   cfg = transformers.SamConfig(
     vision_config=dict(hidden_size=16, output_channels=d, num_hidden_layers=1,
@@ -76,19 +45,18 @@ def sam():
 
 
 @pytest.fixture(scope="module")
+def sam():
+  return hf_sam()
+
+
+@pytest.fixture(scope="module")
 def ours(sam):
-  dec = MultiTaskDecoder(CFG, rngs=nnx.Rngs(0))
-  t = {k: v.detach().numpy() for k, v in sam.state_dict().items()}
-  md = {k[len("mask_decoder."):]: v for k, v in t.items() if k.startswith("mask_decoder.")}
-  load_hf_two_way(dec.transformer, md)
-  _set(dec.pe_layer.positional_encoding_gaussian_matrix,
-       t["shared_image_embedding.positional_embedding"])
-  pix = PixelDecoder(PixelDecoderConfig.sam(CFG.dim), rngs=nnx.Rngs(1))
-  for ours_up, theirs in ((pix.up1, "upscale_conv1"), (pix.up2, "upscale_conv2")):
-    _set(ours_up.kernel, md[theirs + ".weight"].transpose(2, 3, 0, 1))
-    _set(ours_up.bias, md[theirs + ".bias"])
-  _norm(pix.norm, md, "upscale_layer_norm")
-  return dec, pix, md
+  """HF names -> segment-anything names -> ours, through the SAM converter."""
+  sd = sam_conv.hf_sam_to_segment_anything(sam.state_dict())
+  model = sam_conv.SamDecoder(sam_conv.SamDecoderConfig(CFG, PixelDecoderConfig.sam(CFG.dim)),
+                              rngs=nnx.Rngs(0))
+  sam_conv.load_state_dict(model, sd)
+  return model.decoder, model.pixel_decoder, sd
 
 
 def _inputs(b=2, n_sparse=3, seed=1):
@@ -135,17 +103,17 @@ def test_mask_prediction_matches_hf(sam, ours):
       image_embeddings=torch.from_numpy(image), image_positional_embeddings=pe,
       sparse_prompt_embeddings=torch.from_numpy(sparse),
       dense_prompt_embeddings=torch.zeros(1, CFG.dim, GRID, GRID), multimask_output=True)
-  n_masks = md["mask_tokens.weight"].shape[0]
-  out_tokens = np.concatenate([md["iou_token.weight"], md["mask_tokens.weight"]], 0)
+  n_masks = md["mask_decoder.mask_tokens.weight"].shape[0]
+  out_tokens = np.concatenate([md["mask_decoder.iou_token.weight"],
+                               md["mask_decoder.mask_tokens.weight"]], 0)
   tokens = jnp.concatenate([jnp.broadcast_to(jnp.asarray(out_tokens), (2, *out_tokens.shape)),
                             jnp.asarray(sparse[:, 0])], axis=1)
   q, k = dec.run(_tokens_nhwc(image), (GRID, GRID), tokens)
   p = pix(k, (GRID, GRID))
   assert p.shape == (2, 4 * GRID, 4 * GRID, CFG.dim // 8)
   for i in range(1, n_masks):  # multimask output = mask tokens 1..3
-    prefix = f"output_hypernetworks_mlps.{i}."
-    for layer, name in zip(pix.query_mlp.layers, ("proj_in", "layers.0", "proj_out")):
-      _linear(layer, md, prefix + name)
+    source, _ = sam_conv.split_sam(stream.dict_source(md))
+    stream.assign(pix, sam_conv.pixel_entries(pix, hypernetwork=i), source, ignore=lambda k: True)
     got = pix.mask_logits(p, q[:, 1 + i:2 + i])[:, 0]
     print("mask %d max abs diff %.1e (max |logit| %.3g)" % (
       i, np.abs(np.asarray(got) - masks_ref[:, 0, i - 1].numpy()).max(), np.abs(got).max()))
