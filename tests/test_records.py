@@ -162,3 +162,28 @@ def test_unknown_field_in_bytes_is_rejected():
   d["colour"] = "red"
   with pytest.raises(R.RecordError, match="'colour'.*unknown"):
     R.QARecord.from_bytes(msgpack.packb(d))
+
+
+def test_explainer_field_is_optional_and_checked():
+  import msgpack
+
+  rec = dataclasses.replace(_record("i-age"), explainer="offline-template")
+  assert R.QARecord.from_bytes(rec.to_bytes()).explainer == "offline-template"
+  d = msgpack.unpackb(_record("i-age").to_bytes())
+  del d["explainer"]  # records written before the field existed
+  assert R.QARecord.from_bytes(msgpack.packb(d)).explainer is None
+  with pytest.raises(R.RecordError, match="'explainer'"):
+    dataclasses.replace(rec, explainer="").validate()
+
+
+def test_mask_store_index_over_separately_written_shards(tmp_path):
+  e1, _, _ = _entry()
+  e2 = dataclasses.replace(e1, image_id="img-b")
+  R.write_shard(tmp_path / "m-0.array_record", [e1.to_bytes()])
+  R.write_shard(tmp_path / "m-1.array_record", [e2.to_bytes()])
+  store = R.MaskStore.write_index(tmp_path, [("m-0.array_record", [e1.image_id]), ("m-1.array_record", ["img-b"])])
+  assert store["img-b"].image_id == "img-b" and len(store) == 2
+  with pytest.raises(R.RecordError, match="twice"):
+    R.MaskStore.write_index(tmp_path, [("m-0.array_record", ["x"]), ("m-1.array_record", ["x"])])
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    R.MaskStore.write_index(tmp_path, [("m-9.array_record", ["y"])])
