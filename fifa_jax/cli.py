@@ -231,9 +231,36 @@ def data_adapt(
 
 
 @app.command()
-def train() -> None:
-  """Train FiFa-MLLM on a device mesh (grain pipeline, orbax checkpoints)."""
-  _not_yet("train", 7)
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="YAML recipe (configs/); `include:` bases apply first."),
+    workdir: Path = typer.Option(..., "--workdir", "-w",
+                                 help="Run folder: checkpoints/, metrics.jsonl, tb/, config.yaml. "
+                                      "An existing run resumes from its latest checkpoint."),
+    overrides: list[str] = typer.Option([], "--set", "-s",
+                                        help="Dotted override, e.g. --set train.steps=10 (repeatable; "
+                                             "applied after the files, in order)."),
+    print_config: bool = typer.Option(False, "--print-config",
+                                      help="Print the resolved configuration and exit."),
+) -> None:
+  """Train FiFa-MLLM on a device mesh (grain pipeline, orbax checkpoints, exact resume).
+
+  Exit status: 0 done, 2 bad configuration, 3 stopped on non-finite losses,
+  143 preempted (SIGTERM) after a final save.
+  """
+  from fifa_jax import config as config_lib
+
+  try:
+    cfg = config_lib.load(config, overrides)
+  except config_lib.ConfigError as e:
+    typer.echo(f"fifa train: config error: {e}", err=True)
+    raise typer.Exit(code=2)
+  if print_config:
+    typer.echo(config_lib.dump(cfg))
+    raise typer.Exit(code=0)
+  from fifa_jax.train import loop
+
+  raise typer.Exit(code=loop.train(cfg, workdir))
 
 
 @app.command("eval")

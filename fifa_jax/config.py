@@ -1,0 +1,298 @@
+"""Typed, strict run configuration: dataclasses, YAML files, dotted overrides.
+
+Order in which settings apply (later wins):
+  1. the dataclass defaults below;
+  2. each file named by `include:` (a path or list, relative to the including
+     file), applied depth-first in the order listed;
+  3. the file itself;
+  4. each `--set a.b=value` override, in command-line order (values are parsed
+     as YAML: `--set train.steps=10`, `--set data.buckets=[64,128]`).
+
+Every key is checked against the schema: an unknown or misspelt key raises
+`ConfigError` naming its dotted path (with the nearest valid name), and the CLI
+exits with status 2.  Values are type-checked (ints are accepted for floats).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fifa_jax import tokens
+
+# Table 17: data ratios of the multi-task recipe.
+TABLE17_RATIOS: dict[str, float] = {
+    "det": 4, "cls": 4, "i-toe": 1, "i-loc": 1, "i-age": 2, "r-toe": 3, "r-loc": 3, "r-age": 6,
+    "b-toe": 3, "b-loc": 3, "b-age": 6,
+}
+
+
+class ConfigError(ValueError):
+  """A bad configuration; the message names the dotted key."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  preset: str = "tiny"  # paper | tiny (fifa_jax.models.fifa.FiFaConfig.<preset>)
+  tokenizer: str | None = None  # LLaMA tokenizer folder; None: the offline demo tokenizer
+  max_segs: int | None = None  # [SEG] slots per sample; None: the preset's
+  remat: bool = False  # rematerialise each LLM layer in the backward pass
+  lora_rank: int = 128
+  lora_alpha: float = 256.0
+  lora_dropout: float = 0.05
+  lora_targets: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])
+  # The LLM is frozen except its LoRA adapters; this also trains the token
+  # embeddings and lm_head (needed when new special tokens start untrained).
+  train_embeddings: bool = False
+  llama: dict[str, Any] = dataclasses.field(default_factory=dict)  # LlamaConfig field overrides
+
+
+@dataclasses.dataclass
+class DataConfig:
+  root: str = "data"
+  # Where the shards are; {root}, {split}, {task} are filled in.
+  qa_glob: str = "{root}/qa/{split}/{task}-*.array_record"
+  masks: str = "{root}/masks"
+  tasks: dict[str, float] = dataclasses.field(default_factory=lambda: dict(TABLE17_RATIOS))
+  split: str = "train"
+  dev_split: str = "dev"
+  seed: int = 0
+  buckets: list[int] = dataclasses.field(default_factory=lambda: [512, 768, 1024])
+  workers: int = 0  # grain worker processes (0: in the main process)
+  worker_buffer: int = 2
+
+
+@dataclasses.dataclass
+class OptimConfig:
+  lr: float = 3e-4
+  warmup_steps: int = 100
+  end_lr_factor: float = 0.0  # linear decay to lr * this at the last step
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  clip_norm: float = 1.0
+
+
+@dataclasses.dataclass
+class LossConfig:
+  text: float = 1.0
+  det_cls: float = 0.2
+  mask_bce: float = 0.5
+  mask_dice: float = 2.0
+
+
+@dataclasses.dataclass
+class MeshConfig:
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  steps: int = 12500
+  batch_size: int = 40  # global, over all hosts
+  grad_accum: int = 1
+  seed: int = 0
+  log_every: int = 10
+  eval_every: int = 0  # 0: no dev-set evaluation
+  eval_batches: int = 4
+  max_nonfinite: int = 3  # consecutive skipped steps before the run stops
+  progress: bool = True
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+  every: int = 500
+  keep: int = 3
+  async_save: bool = True
+
+
+@dataclasses.dataclass
+class DistributedConfig:
+  initialize: str = "auto"  # auto (when launched by a cluster) | true | false
+  coordinator: str | None = None
+  num_processes: int | None = None
+  process_id: int | None = None
+  timeout_s: int = 300
+
+
+@dataclasses.dataclass
+class BenchConfig:
+  peak_tflops: float | None = None  # per device, for MFU; None: looked up by device kind
+
+
+@dataclasses.dataclass
+class Config:
+  name: str = "run"
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+  loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+  mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+  distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+  bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
+
+  def validate(self) -> "Config":
+    m, d, t = self.model, self.data, self.train
+    if m.preset not in ("paper", "tiny"):
+      raise ConfigError(f"model.preset: {m.preset!r} is not one of ['paper', 'tiny']")
+    for task, w in d.tasks.items():
+      if task not in tokens.TASKS:
+        raise ConfigError(f"data.tasks.{task}: unknown task; choose from {list(tokens.TASKS)}")
+      if w < 0:
+        raise ConfigError(f"data.tasks.{task}: weight must be >= 0, got {w}")
+    if not any(w > 0 for w in d.tasks.values()):
+      raise ConfigError("data.tasks: at least one task needs a positive weight")
+    if not d.buckets or sorted(d.buckets) != d.buckets or min(d.buckets) <= 0:
+      raise ConfigError(f"data.buckets: need increasing positive lengths, got {d.buckets}")
+    if t.batch_size <= 0 or t.steps <= 0 or t.grad_accum <= 0:
+      raise ConfigError("train.batch_size, train.steps and train.grad_accum must be positive")
+    if t.batch_size % t.grad_accum:
+      raise ConfigError(f"train.batch_size {t.batch_size} is not divisible by train.grad_accum "
+                        f"{t.grad_accum}")
+    if self.distributed.initialize not in ("auto", "true", "false"):
+      raise ConfigError(f"distributed.initialize: {self.distributed.initialize!r} is not one of "
+                        "auto/true/false")
+    from fifa_jax.models.llama import LlamaConfig
+    names = {f.name for f in dataclasses.fields(LlamaConfig)}
+    for k in m.llama:
+      if k not in names:
+        raise ConfigError(f"model.llama.{k}: unknown key" + _suggest(k, names))
+    return self
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+def _suggest(key: str, names) -> str:
+  near = difflib.get_close_matches(key, list(names), n=1)
+  return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+  origin = typing.get_origin(tp)
+  if tp is Any:
+    return value
+  if origin in (typing.Union, types.UnionType):
+    errors = []
+    for arm in typing.get_args(tp):
+      if arm is type(None):
+        if value is None:
+          return None
+        continue
+      try:
+        return _check_type(value, arm, where)
+      except ConfigError as e:
+        errors.append(e)
+    raise errors[0] if errors else ConfigError(f"{where}: must not be null")
+  if origin is list:
+    if not isinstance(value, (list, tuple)):
+      raise ConfigError(f"{where}: expected a list, got {value!r}")
+    (arg,) = typing.get_args(tp)
+    return [_check_type(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+  if origin is dict:
+    if not isinstance(value, dict):
+      raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    _, arg = typing.get_args(tp)
+    return {str(k): _check_type(v, arg, f"{where}.{k}") for k, v in value.items()}
+  if tp is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ConfigError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+  if tp is int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    return value
+  if tp is bool:
+    if not isinstance(value, bool):
+      raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    return value
+  if tp is str:
+    if not isinstance(value, str):
+      raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+  raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def _apply(obj: Any, updates: dict, prefix: str = "") -> None:
+  """Set fields of dataclass `obj` from a nested mapping, strictly."""
+  if not isinstance(updates, dict):
+    raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {updates!r}")
+  hints = typing.get_type_hints(type(obj))
+  fields = {f.name for f in dataclasses.fields(obj)}
+  for key, value in updates.items():
+    where = f"{prefix}{key}"
+    if key not in fields:
+      raise ConfigError(f"{where}: unknown key" + _suggest(str(key), fields))
+    current = getattr(obj, key)
+    if dataclasses.is_dataclass(current):
+      _apply(current, value, where + ".")
+    elif typing.get_origin(hints[key]) is dict and isinstance(value, dict) and key == "llama":
+      current.update(_check_type(value, hints[key], where))  # merged, checked in validate()
+    else:
+      setattr(obj, key, _check_type(value, hints[key], where))
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
+  """The file's layers, includes first (depth-first, in listed order)."""
+  path = path.resolve()
+  if path in seen:
+    raise ConfigError(f"include cycle: {' -> '.join(map(str, seen + (path,)))}")
+  if not path.is_file():
+    raise ConfigError(f"config file {str(path)!r} does not exist")
+  data = yaml.safe_load(path.read_text()) or {}
+  if not isinstance(data, dict):
+    raise ConfigError(f"{path}: top level must be a mapping")
+  includes = data.pop("include", [])
+  if isinstance(includes, str):
+    includes = [includes]
+  layers: list[dict] = []
+  for inc in includes:
+    layers += _read_yaml(path.parent / inc, seen + (path,))
+  return layers + [data]
+
+
+def parse_override(text: str) -> dict:
+  """'a.b.c=value' -> {'a': {'b': {'c': value}}} (value parsed as YAML)."""
+  if "=" not in text:
+    raise ConfigError(f"override {text!r}: expected key.path=value")
+  key, raw = text.split("=", 1)
+  parts = [p for p in key.strip().split(".")]
+  if not all(parts):
+    raise ConfigError(f"override {text!r}: empty key")
+  value = yaml.safe_load(raw) if raw.strip() else None
+  out: dict = {}
+  cur = out
+  for p in parts[:-1]:
+    cur = cur.setdefault(p, {})
+  cur[parts[-1]] = value
+  return out
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+  cfg = Config()
+  layers = _read_yaml(Path(path)) if path is not None else []
+  for layer in layers:
+    _apply(cfg, layer)
+  for o in overrides:
+    _apply(cfg, parse_override(o))
+  return cfg.validate()
+
+
+def to_dict(cfg: Config) -> dict:
+  return dataclasses.asdict(cfg)
+
+
+def dump(cfg: Config) -> str:
+  return yaml.safe_dump(to_dict(cfg), sort_keys=False)

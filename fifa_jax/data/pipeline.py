@@ -1,0 +1,248 @@
+"""The training input pipeline: ArrayRecord shards -> padded batches -> global arrays.
+
+  per-task sources (mixing.py) -> mix by weight -> this host's slice
+  -> Preprocess (one sample: decode, resize, normalise, tokenize, masks)
+  -> Collate (pad to a length bucket; static shapes otherwise)
+  -> grain iterator (worker processes optional; `get_state`/`set_state` for resume)
+  -> `to_global` (jax.make_array_from_process_local_data onto the mesh)
+
+Per-sample conventions (what the loss and the model expect):
+* image: decoded (PNG/JPEG), RGB, resized to `image_size` squared (area when
+  shrinking, bicubic when enlarging; faces are stored aligned, so no crop), then
+  CLIP-normalised as FaRL was trained;
+* tokens: the Vicuna v1.1 template; prompt ids (with BOS) then answer ids (ending
+  in EOS); the loss mask is 1 on answer tokens only; the one `<image>` becomes
+  L_I copies (`expand_image_tokens`); sequences longer than the largest bucket
+  are cut at the end (their [SEG]s past the cut lose their masks);
+* boxes [1, 4]: the B- task's box in resized-image pixels, zeros otherwise;
+* det_label / cls_label: the record's, -1 when absent;
+* masks [max_segs, 2, Hm, Wm] at the model's mask size (4x the token grid):
+  slot s is the s-th [SEG]'s atomic concept; channel 0 its Region Mask, channel 1
+  its Regional Artifact Mask.  Downsampled from full resolution by area
+  averaging, so a target pixel is the fraction of it the region covers (soft
+  targets: thin regions such as eyelids do not vanish at 56x56);
+* mask_valid [max_segs]: slots holding a [SEG] that is present in the ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+from collections.abc import Iterator, Sequence
+
+import cv2
+import grain
+import numpy as np
+
+from fifa_jax import tokens
+from fifa_jax.data import mixing
+from fifa_jax.data.records import MaskStore, QARecord
+
+CLIP_MEAN = np.asarray([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.asarray([0.26862954, 0.26130258, 0.27577711], np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """What the model fixes about a batch."""
+  image_size: int
+  mask_size: tuple[int, int]
+  max_segs: int
+  num_image_tokens: int
+  buckets: tuple[int, ...]
+  tokenizer: str | None = None  # folder; None: the offline demo tokenizer
+
+  @classmethod
+  def for_model(cls, fcfg, buckets: Sequence[int], tokenizer: str | None) -> Layout:
+    return cls(image_size=fcfg.image_size, mask_size=tuple(fcfg.mask_size),
+               max_segs=fcfg.max_segs, num_image_tokens=fcfg.num_image_tokens,
+               buckets=tuple(buckets), tokenizer=tokenizer)
+
+
+_TOKENIZER_LOCK = threading.Lock()
+
+
+@functools.cache
+def _load_tokenizer(path: str | None):
+  return tokens.load_tokenizer(path)
+
+
+def _tokenizer(path: str | None):
+  # grain maps on threads; transformers' lazy imports are not thread-safe.
+  with _TOKENIZER_LOCK:
+    return _load_tokenizer(path)
+
+
+def resize_image(rgb: np.ndarray, size: int) -> np.ndarray:
+  h, w = rgb.shape[:2]
+  interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_CUBIC
+  return cv2.resize(rgb, (size, size), interpolation=interp)
+
+
+def normalise(rgb: np.ndarray) -> np.ndarray:
+  return (rgb.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Area-averaged coverage in [0, 1] (see the module docstring)."""
+  return cv2.resize(mask.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+  img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+  if img is None:
+    raise ValueError("image bytes could not be decoded")
+  return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+class Preprocess:
+  """Raw QA-record bytes -> one sample of numpy arrays (picklable for grain workers)."""
+
+  def __init__(self, layout: Layout, masks_folder: str):
+    self.layout = layout
+    self.masks_folder = masks_folder
+    self._store: MaskStore | None = None
+
+  def __getstate__(self):
+    return {"layout": self.layout, "masks_folder": self.masks_folder, "_store": None}
+
+  @property
+  def store(self) -> MaskStore:
+    if self._store is None:
+      self._store = MaskStore(self.masks_folder)
+    return self._store
+
+  def __call__(self, raw: bytes) -> dict[str, np.ndarray]:
+    lay = self.layout
+    tok = _tokenizer(lay.tokenizer)
+    ids_of = tokens.special_token_ids(tok)
+    rec = QARecord.from_bytes(raw)
+    entry = self.store[rec.image_id]
+    rgb = decode_image(entry.image)
+    h, w = rgb.shape[:2]
+    pixels = normalise(resize_image(rgb, lay.image_size))
+
+    prompt, target = tokens.VICUNA_V1_1.split(rec.prompt, rec.answer)
+    p_ids = tok(prompt).input_ids
+    t_ids = tok(target, add_special_tokens=False).input_ids
+    img_id = ids_of[tokens.IMAGE]
+    p_ids = _expand(p_ids, img_id, lay.num_image_tokens)
+    ids = np.asarray(p_ids + t_ids, np.int32)
+    loss_mask = np.concatenate([np.zeros(len(p_ids), np.int32), np.ones(len(t_ids), np.int32)])
+    max_len = lay.buckets[-1]
+    ids, loss_mask = ids[:max_len], loss_mask[:max_len]
+
+    boxes = np.zeros((1, 4), np.float32)
+    if rec.box is not None:
+      sx, sy = lay.image_size / w, lay.image_size / h
+      boxes[0] = np.asarray(rec.box, np.float32) * np.asarray([sx, sy, sx, sy], np.float32)
+
+    hm, wm = lay.mask_size
+    masks = np.zeros((lay.max_segs, 2, hm, wm), np.float32)
+    n_valid = min(int((ids == ids_of[tokens.SEG]).sum()), len(rec.seg_concepts), lay.max_segs)
+    artifact = entry.artifact_mask()
+    for s in range(n_valid):
+      region = entry.region_mask(rec.seg_concepts[s])
+      masks[s, 0] = resize_mask(region, (hm, wm))
+      masks[s, 1] = resize_mask(region & artifact, (hm, wm))
+    valid = np.arange(lay.max_segs) < n_valid
+    return {
+        "input_ids": ids, "loss_mask": loss_mask, "pixels": pixels, "boxes": boxes,
+        "det_label": np.int32(-1 if rec.det_label is None else rec.det_label),
+        "cls_label": np.int32(-1 if rec.cls_label is None else rec.cls_label),
+        "masks": masks, "mask_valid": valid, "task": np.int32(tokens.TASKS.index(rec.task)),
+    }
+
+
+def _expand(ids: list[int], image_id: int, n: int) -> list[int]:
+  from fifa_jax.models.fifa import expand_image_tokens  # lazy: keeps workers' imports light
+  return expand_image_tokens(ids, image_id, n)
+
+
+def bucket_length(n: int, buckets: Sequence[int]) -> int:
+  for b in buckets:
+    if n <= b:
+      return b
+  return buckets[-1]
+
+
+class Collate:
+  """A list of samples -> one batch, token arrays right-padded to a length bucket."""
+
+  def __init__(self, layout: Layout):
+    self.layout = layout
+
+  def __call__(self, samples: Sequence[dict]) -> dict[str, np.ndarray]:
+    tok = _tokenizer(self.layout.tokenizer)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    length = bucket_length(max(len(s["input_ids"]) for s in samples), self.layout.buckets)
+    b = len(samples)
+    ids = np.full((b, length), pad, np.int32)
+    attn = np.zeros((b, length), np.int32)
+    lmask = np.zeros((b, length), np.int32)
+    for i, s in enumerate(samples):
+      n = len(s["input_ids"])
+      ids[i, :n], attn[i, :n], lmask[i, :n] = s["input_ids"], 1, s["loss_mask"]
+    out = {"input_ids": ids, "attention_mask": attn, "loss_mask": lmask}
+    for k in ("pixels", "boxes", "det_label", "cls_label", "masks", "mask_valid", "task"):
+      out[k] = np.stack([s[k] for s in samples])
+    out["mask_valid"] = out["mask_valid"].astype(bool)
+    return out
+
+
+def pad_to_length(batch: dict[str, np.ndarray], length: int, pad_id: int) -> dict[str, np.ndarray]:
+  """Right-pad the token arrays further (hosts agreeing on one bucket)."""
+  extra = length - batch["input_ids"].shape[1]
+  if extra <= 0:
+    return batch
+  out = dict(batch)
+  for k, v in (("input_ids", pad_id), ("attention_mask", 0), ("loss_mask", 0)):
+    out[k] = np.pad(batch[k], ((0, 0), (0, extra)), constant_values=v)
+  return out
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+  root: str
+  qa_glob: str
+  masks: str
+  tasks: dict[str, float]
+  split: str
+  seed: int
+  local_batch: int
+  workers: int = 0
+  worker_buffer: int = 2
+  shuffle: bool = True
+
+
+def make_dataset(pc: PipelineConfig, layout: Layout, process_index: int = 0,
+                 process_count: int = 1) -> grain.IterDataset:
+  sources = mixing.task_sources(pc.qa_glob, pc.root, pc.split, pc.tasks)
+  stream = mixing.mixed_stream(sources, pc.tasks, pc.seed, shuffle=pc.shuffle)
+  stream = mixing.host_slice(stream, process_index, process_count)
+  masks = pc.masks.format(root=pc.root, split=pc.split)
+  ds = stream.map(Preprocess(layout, masks)).batch(pc.local_batch, batch_fn=Collate(layout))
+  # Threads for reading/decoding in each process; order stays deterministic.
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
+  if pc.workers > 0:
+    _absl_flags_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=pc.workers,
+                                                     per_worker_buffer_size=pc.worker_buffer))
+  return it
+
+
+def _absl_flags_parsed() -> None:
+  """grain's worker processes read absl flags; a CLI that is not absl's must mark them parsed."""
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def iterate(pc: PipelineConfig, layout: Layout, process_index: int = 0, process_count: int = 1,
+            state: dict | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """A grain iterator (has get_state/set_state), optionally restored to `state`."""
+  it = iter(make_dataset(pc, layout, process_index, process_count))
+  if state is not None:
+    it.set_state(state)
+  return it

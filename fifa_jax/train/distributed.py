@@ -1,0 +1,68 @@
+"""Multi-host start-up with clear failures: `jax.distributed.initialize` and barriers, both timed."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import jax
+
+from fifa_jax.config import DistributedConfig
+
+
+class DistributedError(RuntimeError):
+  pass
+
+
+def launched_by_cluster() -> bool:
+  """True under a multi-process SLURM job or on a multi-host TPU slice."""
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    return True
+  return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def maybe_initialize(dc: DistributedConfig) -> bool:
+  """Call jax.distributed.initialize when asked (or, with 'auto', when a cluster launched us)."""
+  if dc.initialize == "false" or (dc.initialize == "auto" and not launched_by_cluster()
+                                  and dc.coordinator is None):
+    return False
+  kw = {k: v for k, v in (("coordinator_address", dc.coordinator),
+                          ("num_processes", dc.num_processes), ("process_id", dc.process_id))
+        if v is not None}
+  try:
+    jax.distributed.initialize(initialization_timeout=dc.timeout_s, **kw)
+  except Exception as e:  # noqa: BLE001 - re-raised with what to check
+    raise DistributedError(
+        f"jax.distributed.initialize did not complete within {dc.timeout_s}s "
+        f"(coordinator={dc.coordinator or 'auto-detected'}, num_processes={dc.num_processes or 'auto'}, "
+        f"process_id={dc.process_id if dc.process_id is not None else 'auto'}, host={socket.gethostname()}): "
+        f"{e}. Check that every host runs the same command and can reach the coordinator's port.") from e
+  return True
+
+
+def barrier(name: str, timeout_s: int) -> None:
+  """Wait until every process arrives, or fail after `timeout_s` naming the barrier."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as _dist
+
+  client = _dist.global_state.client
+  try:
+    client.wait_at_barrier(name, timeout_in_ms=int(timeout_s * 1000))
+  except Exception as e:  # noqa: BLE001
+    raise DistributedError(f"barrier {name!r}: not all {jax.process_count()} processes arrived within "
+                           f"{timeout_s}s (this is process {jax.process_index()} on "
+                           f"{socket.gethostname()}): {e}") from e
+
+
+def describe_host(mesh) -> str:
+  local = ", ".join(f"{d.platform}:{d.id}" for d in jax.local_devices())
+  return (f"[process {jax.process_index()}/{jax.process_count()} on {socket.gethostname()}] "
+          f"local devices ({jax.local_device_count()}): {local}; global devices {jax.device_count()} "
+          f"({jax.devices()[0].device_kind}); mesh {dict(mesh.shape)}")
+
+
+def log_hosts(mesh) -> None:
+  """Every host prints its own line before the first step (stderr, flushed)."""
+  print(describe_host(mesh), file=sys.stderr, flush=True)

@@ -1,0 +1,200 @@
+"""The training loop: resume, step, log, evaluate, checkpoint, stop cleanly.
+
+`train(cfg, workdir)` returns an exit status:
+  0    finished `train.steps`;
+  3    stopped by the non-finite policy (`train.max_nonfinite` consecutive
+       skipped steps; the last checkpoint holds the last good state);
+  143  stopped by SIGTERM (preemption) after a final, synchronous save.
+Resume is automatic: the latest complete checkpoint under WORKDIR/checkpoints
+(model, optimizer, step, RNG streams, data-iterator position) is restored, and
+the run continues with exactly the batches and random numbers it would have
+had.  The dev evaluation is scheduled by global step, so it survives resume.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from fifa_jax import config as config_lib, mesh as mesh_lib, tokens
+from fifa_jax.data import pipeline
+from fifa_jax.train import checkpoint as ckpt_lib, distributed, metrics as metrics_lib, optim
+from fifa_jax.train import state as state_lib, step as step_lib
+from fifa_jax.train.losses import LossWeights
+
+EXIT_OK, EXIT_NONFINITE, EXIT_PREEMPTED = 0, 3, 143
+
+
+def log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def enable_compilation_cache() -> None:
+  """Persist compiled programs ($FIFA_XLA_CACHE, default ~/.cache/fifa-jax/xla): a resumed
+  run, a second host process or the next test does not compile the step again."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  path = os.environ.get("FIFA_XLA_CACHE", str(Path.home() / ".cache" / "fifa-jax" / "xla"))
+  if path:
+    jax.config.update("jax_compilation_cache_dir", path)
+
+
+def pipeline_config(cfg: config_lib.Config, split: str, shuffle: bool = True) -> pipeline.PipelineConfig:
+  d, t = cfg.data, cfg.train
+  if t.batch_size % jax.process_count():
+    raise config_lib.ConfigError(f"train.batch_size {t.batch_size} does not split over "
+                                 f"{jax.process_count()} processes")
+  return pipeline.PipelineConfig(root=d.root, qa_glob=d.qa_glob, masks=d.masks, tasks=d.tasks,
+                                 split=split, seed=d.seed, local_batch=t.batch_size // jax.process_count(),
+                                 workers=d.workers, worker_buffer=d.worker_buffer, shuffle=shuffle)
+
+
+def agree_length(batch: dict, pad_id: int) -> dict:
+  """All hosts pad to the largest bucket any host chose (global arrays need one shape)."""
+  if jax.process_count() == 1:
+    return batch
+  from jax.experimental import multihost_utils
+  n = int(np.max(multihost_utils.process_allgather(np.int32(batch["input_ids"].shape[1]))))
+  return pipeline.pad_to_length(batch, n, pad_id)
+
+
+class _Compiled:
+  """The step compiled once per batch shape (one per length bucket), with its FLOPs."""
+
+  def __init__(self, fn):
+    self.fn, self.cache = fn, {}
+
+  def __call__(self, state, batch):
+    key = tuple((k, v.shape) for k, v in sorted(batch.items()))
+    if key not in self.cache:
+      compiled = self.fn.lower(state, batch).compile()
+      self.cache[key] = (compiled, metrics_lib.compiled_flops(compiled))
+    compiled, flops = self.cache[key]
+    self.flops = flops
+    return compiled(state, batch)
+
+
+def evaluate(cfg, setup, layout, eval_step, state, pad_id) -> dict[str, float]:
+  """Teacher-forced losses on the first `train.eval_batches` dev batches (the same every time)."""
+  pc = pipeline_config(cfg, cfg.data.dev_split)
+  pc.workers = 0
+  it = pipeline.iterate(pc, layout, jax.process_index(), jax.process_count())
+  acc = metrics_lib.Accumulator()
+  for _ in range(cfg.train.eval_batches):
+    batch = step_lib.to_global(setup.mesh, agree_length(next(it), pad_id))
+    m = eval_step(state, batch)
+    m["finite"] = True
+    acc.add(m)
+  return acc.summary("dev")
+
+
+def train(cfg: config_lib.Config, workdir: str | Path) -> int:
+  workdir = Path(workdir)
+  enable_compilation_cache()
+  distributed.maybe_initialize(cfg.distributed)
+  mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  distributed.log_hosts(mesh)
+  distributed.barrier("fifa-start", cfg.distributed.timeout_s)
+
+  tok = tokens.load_tokenizer(cfg.model.tokenizer)
+  pad_id = tok.pad_token_id or 0
+  fcfg = state_lib.model_config(cfg, tok)
+  setup = state_lib.make_setup(cfg, fcfg, mesh)
+  layout = pipeline.Layout.for_model(fcfg, cfg.data.buckets, cfg.model.tokenizer)
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(config_lib.dump(cfg))
+  ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=cfg.checkpoint.keep,
+                               async_save=cfg.checkpoint.async_save)
+
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, data_state, meta = ckpt.restore(latest, setup.abstract)
+    log(f"resumed from {ckpt.directory / str(latest)} (step {latest})")
+  else:
+    state, data_state, meta = state_lib.init_state(setup, cfg.train.seed), None, {}
+    n_train, n_frozen = state_lib.count(state["params"]), state_lib.count(state["frozen"])
+    log(f"initialised FiFa-MLLM ({cfg.model.preset}): {n_train:,} trainable, {n_frozen:,} frozen "
+        f"parameters")
+  start = int(jax.device_get(state["step"]))
+  if start >= cfg.train.steps:
+    log(f"nothing to do: step {start} >= train.steps {cfg.train.steps}")
+    ckpt.close()
+    return EXIT_OK
+
+  it = pipeline.iterate(pipeline_config(cfg, cfg.data.split), layout, jax.process_index(),
+                        jax.process_count(), state=data_state or None)
+  sched = optim.schedule(cfg.optim, cfg.train.steps)
+  weights = LossWeights(**vars(cfg.loss))
+  train_step = _Compiled(step_lib.make_train_step(setup, weights, cfg.train.grad_accum, sched))
+  eval_step = step_lib.make_eval_step(setup, weights) if cfg.train.eval_every else None
+  writer = metrics_lib.MetricsWriter(workdir)
+  peak = metrics_lib.peak_tflops(cfg.bench.peak_tflops)
+
+  stop = {"sigterm": False}
+  previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True))
+  kill_at = int(os.environ.get("FIFA_DEBUG_KILL_AT_STEP", "0"))  # test hook: SIGKILL self
+  bar = None
+  if cfg.train.progress and jax.process_index() == 0:
+    from tqdm import tqdm
+    bar = tqdm(total=cfg.train.steps, initial=start, desc=cfg.name, unit="step", dynamic_ncols=True)
+  acc = metrics_lib.Accumulator()
+  status = EXIT_OK
+  step = start
+  try:
+    with jax.set_mesh(mesh):
+      while step < cfg.train.steps:
+        batch = agree_length(next(it), pad_id)
+        data_state = it.get_state()
+        state, m = train_step(state, step_lib.to_global(mesh, batch))
+        acc.add(m)
+        step += 1
+        if bar is not None:
+          bar.update(1)
+        last = step == cfg.train.steps
+        if step % cfg.train.log_every == 0 or last:
+          values = {**acc.summary(), **acc.throughput(train_step.flops, peak)}
+          writer.write(step, values)
+          if bar is not None:
+            bar.set_postfix(loss=f"{values.get('train/loss', float('nan')):.4f}")
+          acc.reset()
+        if eval_step is not None and step % cfg.train.eval_every == 0:
+          dev = evaluate(cfg, setup, layout, eval_step, state, pad_id)
+          writer.write(step, dev)
+          meta["last_eval"] = {"step": step, **dev}
+          acc.t0 = time.perf_counter()  # throughput excludes the evaluation
+        nonfinite = int(jax.device_get(state["nonfinite"]))
+        if nonfinite:
+          log(f"step {step}: non-finite loss or gradient; update skipped ({nonfinite} in a row)")
+        if nonfinite >= cfg.train.max_nonfinite:
+          log(f"stopping: {nonfinite} consecutive non-finite steps (train.max_nonfinite); the last "
+              f"checkpoint ({ckpt.latest_step()}) holds the last good state")
+          status = EXIT_NONFINITE
+          break
+        if stop["sigterm"]:
+          ckpt.save(step, state, data_state, {**meta, "step": step, "time": time.time()}, force=True)
+          ckpt.wait()
+          log(f"SIGTERM: saved step {step} to {ckpt.directory}; exiting for a later resume")
+          status = EXIT_PREEMPTED
+          break
+        if step % cfg.checkpoint.every == 0 or last:
+          ckpt.save(step, state, data_state, {**meta, "step": step, "time": time.time(),
+                                              "name": cfg.name})
+        if kill_at and step == kill_at:
+          os.kill(os.getpid(), signal.SIGKILL)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    if bar is not None:
+      bar.close()
+    writer.close()
+    ckpt.close()
+  if status == EXIT_OK:
+    log(f"done: {step} steps; checkpoints in {ckpt.directory}")
+  return status

@@ -1,0 +1,139 @@
+"""One jit-compiled train step (and an eval step) over a (data, fsdp, tensor) mesh.
+
+The step takes the whole state and a global batch, and returns the new state
+and a dict of metrics.  The state argument is donated (its buffers are reused
+for the new state), in/out shardings come from `state.Setup`, and the batch is
+split over data x fsdp.  The same function runs on CPU, GPU and TPU.
+
+Gradient accumulation: the batch is viewed as `grad_accum` micro-batches
+(interleaved rows, so each device keeps its own rows) and gradients are
+averaged over a `lax.scan`.  Rematerialisation is the model's (`model.remat`
+wraps each LLM layer in `nnx.remat`).
+
+Non-finite policy: when the loss or the gradient norm is not finite the update
+is skipped (params and optimizer state are kept, the RNG streams move on) and
+`nonfinite` counts consecutive skips; the loop stops the run when it reaches
+`train.max_nonfinite`, keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from fifa_jax import mesh as mesh_lib, tokens
+from fifa_jax.train import state as state_lib
+from fifa_jax.train.losses import LossWeights, fifa_loss, mask_losses
+
+NUM_TASKS = len(tokens.TASKS)
+
+
+def per_task_sums(out, batch) -> dict[str, jax.Array]:
+  """Per-task sums and counts ([NUM_TASKS] each) of the loss parts, for per-task metrics."""
+  task = batch["task"]
+  seg = lambda x: jax.ops.segment_sum(x, task, num_segments=NUM_TASKS)
+  logits = out.logits[:, :-1].astype(jnp.float32)
+  tmask = batch["loss_mask"][:, 1:].astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["input_ids"][:, 1:])
+  valid = batch["mask_valid"].astype(bool) & out.seg_valid
+  x = out.mask_logits.astype(jnp.float32)
+  t = batch["masks"].astype(jnp.float32)
+  b, s = valid.shape
+  bce, dice = jax.vmap(jax.vmap(lambda xi, ti: mask_losses(xi, ti, jnp.ones((2,), bool))))(x, t)
+  w = valid.astype(jnp.float32)
+  return {
+      "text_sum": seg((ce * tmask).sum(-1)), "text_count": seg(tmask.sum(-1)),
+      "mask_bce_sum": seg((bce * w).sum(-1) * 2), "mask_dice_sum": seg((dice * w).sum(-1) * 2),
+      "mask_count": seg(w.sum(-1) * 2), "samples": seg(jnp.ones((b,), jnp.float32)),
+      "tokens": seg(batch["attention_mask"].sum(-1).astype(jnp.float32)),
+  }
+
+
+def _forward_loss(setup, weights, params, frozen, rest, batch, deterministic):
+  model = state_lib.merge(setup.graphdef, params, frozen, rest)
+  out = model(batch["input_ids"], batch["pixels"], boxes=batch["boxes"],
+              attention_mask=batch["attention_mask"], deterministic=deterministic)
+  loss, parts = fifa_loss(out, batch, weights)
+  return loss, (parts, per_task_sums(out, batch), state_lib.rest_state(model, setup.train_filter))
+
+
+def _micro(batch: dict, n: int, mesh) -> dict:
+  """[B, ...] -> [n, B/n, ...] with micro-batch i = rows i, i+n, ... (keeps rows on their device)."""
+  def one(x):
+    y = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
+    spec = P(None, ("data", "fsdp"), *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
+  return jax.tree.map(one, batch)
+
+
+def make_train_step(setup: state_lib.Setup, weights: LossWeights, grad_accum: int = 1,
+                    schedule=None):
+  mesh = setup.mesh
+
+  def step(state, batch):
+    params, frozen = state["params"], state["frozen"]
+    grad_fn = jax.value_and_grad(
+        lambda p, r, b: _forward_loss(setup, weights, p, frozen, r, b, False), has_aux=True)
+    if grad_accum == 1:
+      (loss, (parts, sums, rest)), grads = grad_fn(params, state["rest"], batch)
+    else:
+      micro = _micro(batch, grad_accum, mesh)
+
+      def body(carry, mb):
+        g_acc, rest = carry
+        (loss, (parts, sums, rest)), g = grad_fn(params, rest, mb)
+        return (jax.tree.map(jnp.add, g_acc, g), rest), (loss, parts, sums)
+
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      (grads, rest), (losses, partss, sumss) = jax.lax.scan(body, (zeros, state["rest"]), micro)
+      grads = jax.tree.map(lambda g: g / grad_accum, grads)
+      loss = losses.mean()
+      parts = jax.tree.map(lambda x: x.mean(0), partss)
+      sums = jax.tree.map(lambda x: x.sum(0), sumss)
+    gnorm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    updates, new_opt = setup.tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    new_state = {
+        "step": state["step"] + 1,
+        "nonfinite": jnp.where(ok, 0, state["nonfinite"] + 1).astype(jnp.int32),
+        "params": keep(new_params, params), "frozen": frozen, "rest": rest,
+        "opt_state": keep(new_opt, state["opt_state"]),
+    }
+    metrics = {**parts, "grad_norm": gnorm, "finite": ok, "per_task": sums}
+    if schedule is not None:
+      metrics["lr"] = schedule(state["step"])
+    return new_state, metrics
+
+  rep = NamedSharding(mesh, P())
+  return jax.jit(step, in_shardings=(setup.shardings, None), out_shardings=(setup.shardings, rep),
+                 donate_argnums=(0,))
+
+
+def make_eval_step(setup: state_lib.Setup, weights: LossWeights):
+  """Teacher-forced losses on a batch, no update (deterministic: no dropout)."""
+
+  def step(state, batch):
+    loss, (parts, sums, _) = _forward_loss(setup, weights, state["params"], state["frozen"],
+                                           state["rest"], batch, True)
+    return {**parts, "per_task": sums}
+
+  return jax.jit(step, in_shardings=(setup.shardings, None),
+                 out_shardings=NamedSharding(setup.mesh, P()))
+
+
+def batch_shardings(mesh, batch: dict) -> dict:
+  return {k: mesh_lib.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
+
+
+def to_global(mesh, batch: dict) -> dict:
+  """This host's rows -> global arrays split over data x fsdp (correct on several hosts)."""
+  out = {}
+  for k, v in batch.items():
+    sharding = mesh_lib.batch_sharding(mesh, v.ndim)
+    global_shape = (v.shape[0] * jax.process_count(), *v.shape[1:])
+    out[k] = jax.make_array_from_process_local_data(sharding, v, global_shape)
+  return out
