@@ -79,7 +79,7 @@ def save(model: nnx.Module, path: str | Path, kind: str, config: Any) -> Path:
   if (path / "state").exists():
     raise ConversionError(f"{path / 'state'} exists; choose a new folder")
   path.mkdir(parents=True, exist_ok=True)
-  state = nnx.state(model, WEIGHTS).to_pure_dict()
+  state = nnx.to_pure_dict(nnx.state(model, WEIGHTS))
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(path / "state", state)
     ckptr.wait_until_finished()
@@ -100,7 +100,7 @@ def restore(path: str | Path, make: Any, config_cls: type, *,
   config = config_from_dict(config_cls, meta["config"])
   model = nnx.eval_shape(lambda: make(config))  # `make(config)` must seed its own Rngs
   state = nnx.state(model, WEIGHTS)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.to_pure_dict())
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
   with ocp.StandardCheckpointer() as ckptr:
     restored = ckptr.restore(path / "state", target)
   nnx.replace_by_pure_dict(state, restored)

@@ -111,8 +111,9 @@ class Source:
 
   def __init__(self, info: dict[str, TensorInfo], read: Callable[[str], np.ndarray],
                groups: Sequence[Sequence[str]] | None = None, nbytes: int | None = None,
-               close: Callable[[], None] | None = None):
+               close: Callable[[], None] | None = None, metadata: Mapping[str, str] | None = None):
     self.info = info
+    self.metadata = dict(metadata or {})  # safetensors __metadata__ (first file)
     self._read = read
     # Keys that share a file: load() finishes one group before opening the next.
     self.groups = [list(g) for g in groups] if groups else [list(info)]
@@ -156,7 +157,7 @@ class Source:
     for n, k in new.items():
       groups[home[k]].append(n)
     return Source({n: self.info[k] for n, k in new.items()}, lambda n: self._read(new[n]),
-                  [g for g in groups if g], close=self._close)
+                  [g for g in groups if g], close=self._close, metadata=self.metadata)
 
 
 def _safetensors_header(path: Path) -> tuple[dict, int]:
@@ -167,11 +168,12 @@ def _safetensors_header(path: Path) -> tuple[dict, int]:
 
 
 def safetensors_source(files: Sequence[Path]) -> Source:
-  info, where = {}, {}
+  info, where, metadata = {}, {}, {}
   groups = []
   handles: dict[Path, Any] = {}
   for path in files:
     header, start = _safetensors_header(path)
+    metadata = metadata or header.get("__metadata__") or {}
     group = []
     for key, meta in header.items():
       if key == "__metadata__":
@@ -202,7 +204,7 @@ def safetensors_source(files: Sequence[Path]) -> Source:
       h.close()
     handles.clear()
 
-  return Source(info, read, groups, close=close)
+  return Source(info, read, groups, close=close, metadata=metadata)
 
 
 def torch_source(files: Sequence[Path], *, subkey: str | None = None,

@@ -1,0 +1,110 @@
+"""The whole FiFa-MLLM <-> PyTorch state dict (bit-exact), orbax folder, assembly from parts."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from safetensors import safe_open
+
+from fifa_jax.convert import farl, fifa, sam, stream
+from fifa_jax.convert import llama as llama_conv
+from fifa_jax.convert.stream import ConversionError
+from fifa_jax.models.fifa import FiFaConfig, FiFaMLLM
+from fifa_jax.models.lora import lora_layers
+
+CFG = FiFaConfig.tiny()
+
+
+def weights(model) -> dict:
+  return {stream.path_str(p): np.asarray(v.get_value())
+          for p, v in nnx.to_flat_state(nnx.state(model, stream.WEIGHTS))}
+
+
+def assert_same(a, b, only=None):
+  wa, wb = weights(a), weights(b)
+  assert sorted(wa) == sorted(wb)
+  for k in wa:
+    if only is None or k.startswith(only):
+      assert wa[k].dtype == wb[k].dtype and np.array_equal(wa[k], wb[k]), k
+
+
+@pytest.fixture(scope="module")
+def model():
+  m = FiFaMLLM(CFG, rngs=nnx.Rngs(0))
+  for i, (_, layer) in enumerate(lora_layers(m)):  # adapters that matter
+    layer.lora_b[...] = jax.random.normal(jax.random.key(i), layer.lora_b[...].shape)
+  return m
+
+
+def test_state_dict_round_trip_is_bit_exact(model, tmp_path):
+  fifa.save_pth(model, tmp_path / "pt")
+  with safe_open(tmp_path / "pt" / "model.safetensors", "pt") as f:
+    keys = set(f.keys())
+    assert json.loads(f.metadata()["fifa_config"])["llama"]["lora"]["rank"] == 4
+    assert tuple(f.get_slice("box_encoder.level_convs.0.weight").get_shape()) == (16, 16, 3, 3)
+    assert tuple(f.get_slice("llm.model.layers.1.self_attn.q_proj.lora_A.weight").get_shape()) == (4, 64)
+  for key in ("face_encoder.visual.transformer.resblocks.0.attn.in_proj_weight",
+              "face_encoder.visual.conv1.weight", "llm.lm_head.weight",
+              "llm.model.layers.0.self_attn.v_proj.lora_B.weight", "decoder.transformer.layers.0.norm1.weight",
+              "decoder.pe_layer.positional_encoding_gaussian_matrix", "decoder.det_embed",
+              "pixel_decoder.up1.weight", "image_projector.fc1.weight", "det_head.fc2.bias"):
+    assert key in keys, key
+  cfg, back = fifa.load_pth(tmp_path / "pt")
+  assert cfg == CFG
+  assert_same(model, back)
+  fifa.save_pth(back, tmp_path / "pt2", max_shard_bytes=200_000)  # sharded this time
+  _, again = fifa.load_pth(tmp_path / "pt2")
+  assert_same(model, again)
+  # a torch .pth of the same dict loads too (config from fifa_config.json beside it)
+  with safe_open(tmp_path / "pt" / "model.safetensors", "pt") as f:
+    torch.save({k: f.get_tensor(k) for k in f.keys()}, tmp_path / "pt" / "fifa.pth")
+  _, from_pth = fifa.load_pth(tmp_path / "pt" / "fifa.pth")
+  assert_same(model, from_pth)
+
+
+def test_errors_name_the_key(model, tmp_path):
+  fifa.save_pth(model, tmp_path / "pt")
+  with safe_open(tmp_path / "pt" / "model.safetensors", "pt") as f:
+    sd = {k: f.get_tensor(k) for k in f.keys()}
+  del sd["box_encoder.pos_norm2.bias"]
+  sd["decoder.det_embed"] = torch.zeros(3)
+  torch.save(sd, tmp_path / "bad.pth")
+  with pytest.raises(ConversionError) as e:
+    fifa.load_pth(tmp_path / "bad.pth", config=CFG)
+  assert "missing key 'box_encoder.pos_norm2.bias'" in str(e.value)
+  assert "mis-shaped key 'decoder.det_embed': checkpoint [3], model expects [32]" in str(e.value)
+  with pytest.raises(ConversionError, match="no FiFa config"):
+    fifa.load_pth(tmp_path / "bad.pth")
+
+
+def test_orbax_folder_round_trip(model, tmp_path):
+  fifa.save(model, tmp_path / "ckpt")
+  assert json.loads((tmp_path / "ckpt" / "fifa_jax.json").read_text())["kind"] == "fifa"
+  cfg, back = fifa.restore(tmp_path / "ckpt")
+  assert cfg == CFG
+  assert_same(model, back)
+  with pytest.raises(ConversionError, match="exists"):
+    fifa.save(model, tmp_path / "ckpt")
+
+
+def test_assemble_from_farl_vicuna_sam(model, tmp_path):
+  farl.save_pth(model.vit, tmp_path / "farl.pth")
+  llama_conv.save_hf(model.llm, tmp_path / "vicuna")
+  dec = stream.export(model.decoder, sam.decoder_entries(model.decoder))
+  torch.save({f"model.grounding_encoder.{t.key}": torch.from_numpy(np.array(t.produce())) for t in dec}
+             | {"model.grounding_encoder.mask_decoder.iou_token.weight": torch.ones(1, 32)},
+             tmp_path / "glamm_sam.pth")
+  built, report = fifa.assemble(CFG, farl_path=tmp_path / "farl.pth", llama_path=tmp_path / "vicuna",
+                                sam_path=tmp_path / "glamm_sam.pth", seed=5)
+  for part in ("vit.", "llm.model.layers.0.self_attn.q_proj.kernel", "llm.lm_head",
+               "decoder.transformer.", "decoder.pe_layer."):
+    assert_same(model, built, only=part)
+  assert "decoder.det_embed" in report["fresh"] and "box_encoder.levels" in report["fresh"]
+  assert "mask_decoder.iou_token.weight" in report["skipped"]
+  for _, layer in lora_layers(built):  # adapters start fresh: B = 0
+    assert not np.asarray(layer.lora_b[...]).any()
