@@ -1,6 +1,6 @@
 """Throughput of the FiFa-Annotator vision side, end to end, on this machine.
 
-    .venv-prep/bin/python bench/bench_annotator.py [--sizes 512 1024] [--n 40] [--workers 2]
+    .venv-prep/bin/python bench/bench_annotator.py [--sizes 512 1024] [--n 40] [--workers 2] [--modes on off]
 
 Per image, as batch mode does it: decode the PNG and its artifact-mask PNG,
 landmarks, parsing (builtin), all 184 Region Masks, Step 2 (coverage, flags, parent
@@ -8,7 +8,7 @@ boxes), Step 5 (B-AGE boxes), write the .npz atomically.  Inputs are FFHQ-like
 aligned faces (skimage's astronaut cropped to her head, resized to each size, with a
 different brightness per image) and a synthetic artifact mask each.  Worker start-up
 (MediaPipe graphs) is excluded: each worker annotates two warm-up images first.
-Prints, per size, with and without flip averaging: the measured images/s (wall
+Prints, per size and flip-averaging mode: the measured images/s (wall
 clock; on a shared machine this depends on what else runs) and the CPU time per image
 inside the workers, with the images/s it gives when the workers have the cores to
 themselves (workers / CPU seconds per image).
@@ -56,11 +56,14 @@ def _noop(_):
   return 0
 
 
-def run(size: int, n: int, workers: int, flip_average: bool) -> float:
+MODES = {"on": {}, "landmarks only": {"flip_average_person": False}, "off": {"flip_average": False}}
+
+
+def run(size: int, n: int, workers: int, mode: str) -> tuple[float, float]:
   with tempfile.TemporaryDirectory() as d:
     jobs = make_inputs(Path(d), size, n + 2 * workers)
     warm, timed = jobs[:2 * workers], jobs[2 * workers:]
-    cfg = pipeline.Config(flip_average=flip_average)
+    cfg = pipeline.Config(**MODES[mode])
     with mp.get_context("spawn").Pool(workers, initializer=batch._init_worker, initargs=(cfg,)) as pool:
       list(pool.imap_unordered(batch.run_job, warm, chunksize=1))
       t0 = time.perf_counter()
@@ -78,12 +81,14 @@ def main() -> int:
   ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
   ap.add_argument("--n", type=int, default=40, help="timed images per size")
   ap.add_argument("--workers", type=int, default=2)
+  ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
+                  help="flip averaging: on (default), landmarks only (selfie segmentation once), off")
   a = ap.parse_args()
   print(f"FiFa-Annotator end to end, {a.workers} workers, {a.n} images per size, {mp.cpu_count()} CPUs")
   for size in a.sizes:
-    for fa in (True, False):
-      ips, cpu = run(size, a.n, a.workers, fa)
-      print(f"{size}x{size}  flip_average={'on ' if fa else 'off'}  {ips:6.1f} images/s measured   "
+    for mode in a.modes:
+      ips, cpu = run(size, a.n, a.workers, mode)
+      print(f"{size}x{size}  flip averaging {mode:14s}  {ips:6.1f} images/s measured   "
             f"{cpu * 1e3:6.1f} ms CPU per image = {a.workers / cpu:5.1f} images/s on {a.workers} free cores",
             flush=True)
   return 0

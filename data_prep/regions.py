@@ -1,5 +1,7 @@
 """Region Masks for the 112 Atomic Concepts of FICT (Section 3.1); parents by union.
 
+    atomic = sparse_atomic(labels, landmarks)         # 112 data_prep.sparse.Sp (box + pixels)
+    allm = sparse_all(atomic)                         # all 184, parents by union, fict.NAMES order
     atomic = region_masks(labels, landmarks)          # (112, H, W) bool, fict.ATOMIC order
     masks = all_masks(atomic)                         # {name: HxW bool} for all 184 concepts
 
@@ -294,7 +296,7 @@ class _Ctx:
 
 
 def _outer_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -> None:
-  """Concepts that may reach anywhere in the picture (computed on the whole image)."""
+  """Concepts that may reach anywhere in the picture (hair, ears, neck, clothing, background)."""
   w = x.w
   left = x.left
   right = ~left
@@ -344,7 +346,7 @@ def _outer_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) 
 
 
 def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -> None:
-  """Concepts inside the face box (computed on a crop around the landmarks)."""
+  """Concepts of the face, each built from landmark polygons, bands and splits."""
   shape, f, w, wt = x.shape, x.f, x.w, x.wt
   left = x.left
   right = ~left
