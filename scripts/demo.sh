@@ -25,10 +25,10 @@ $fifa prep batch "$out/synth/real" --out "$out/ann/real" --workers 2 --quiet
 $fifa prep batch "$out/synth/fake" --out "$out/ann/fake" --artifacts "$out/synth/mask" --workers 2 --quiet
 
 step "5. FiFa-11 records and masks as ArrayRecord shards (offline template explainer), Table 2 style counts"
-$fifa data build "$out/synth" --annotations "$out/ann" --out "$out/shards" --explainer offline --quiet
-$fifa data stats "$out/shards" --check
-$fifa data show "$out/shards/qa/test/i-age-test-00000.array_record" 0 --out "$out/record_i-age.png"
-$fifa data show "$out/shards/qa/test/b-age-test-00000.array_record" 0 --out "$out/record_b-age.png"
+$fifa data build "$out/synth" --annotations "$out/ann" --out "$out/data" --explainer offline --quiet
+$fifa data stats "$out/data" --check
+$fifa data show "$out/data/qa/test/i-age-test-00000.array_record" 0 --out "$out/record_i-age.png"
+$fifa data show "$out/data/qa/test/b-age-test-00000.array_record" 0 --out "$out/record_b-age.png"
 
 step "6. FiFa-MLLM at paper size, initialised abstractly (no memory allocated)"
 $fifa params --config paper
