@@ -192,7 +192,7 @@ def safetensors_source(files: Sequence[Path]) -> Source:
     path, offset, size = where[key]
     if path not in handles:
       handles[path] = open(path, "rb")  # noqa: SIM115  (closed by Source.close)
-    out = np.empty(info[key].shape, info[key].dtype)
+    out = aligned_empty(info[key].shape, info[key].dtype)
     buf = memoryview(out.reshape(-1).view(np.uint8))
     got = os.preadv(handles[path].fileno(), [buf], offset) if size else 0
     if got != size:
@@ -232,7 +232,7 @@ def torch_source(files: Sequence[Path], *, subkey: str | None = None,
     if cache["path"] != path:  # drop the previous shard's mapping before the next
       cache["sd"] = None
       cache["sd"], cache["path"] = _torch_load(path, subkey, allow_pickle), path
-    return np.array(torch_to_numpy(cache["sd"][key]))  # a copy, off the mapping
+    return _owned_copy(torch_to_numpy(cache["sd"][key]))  # off the mapping
 
   def close() -> None:
     cache["sd"] = cache["path"] = None
@@ -271,7 +271,14 @@ def dict_source(state_dict: Mapping[str, Any]) -> Source:
   for k, v in state_dict.items():
     arrays[k] = torch_to_numpy(v) if hasattr(v, "detach") else np.asarray(v)
   info = {k: TensorInfo(tuple(a.shape), a.dtype) for k, a in arrays.items()}
-  return Source(info, lambda k: arrays[k])
+  # a copy: jax may adopt the buffer, and the caller's tensors must stay theirs
+  return Source(info, lambda k: _owned_copy(arrays[k]))
+
+
+def _owned_copy(a: np.ndarray) -> np.ndarray:
+  out = aligned_empty(a.shape, a.dtype)
+  np.copyto(out, a)
+  return out
 
 
 def chain(*sources: Source) -> Source:
@@ -368,13 +375,31 @@ def load(make: Callable[[], nnx.Module], entries: Callable[[nnx.Module], Sequenc
         continue
       var = flat[e.path]
       want = np_dtype(dtype if dtype is not None else var.get_value().dtype)
-      array = np.ascontiguousarray(e.to_jax(source.read(key)), want)
-      var.set_value(jnp.asarray(array))
-      del array
+      var.set_value(to_device(e.to_jax(source.read(key)), want))
       if progress:
         progress(1)
   fresh = init_missing(model, make)
   return Loaded(model, ignored, [p for p in fresh if p in flat])
+
+
+def aligned_empty(shape: Sequence[int], dtype: Any, align: int = 64) -> np.ndarray:
+  """np.empty on a 64-byte boundary: jax.device_put then adopts the buffer on CPU
+  instead of copying it, so a converted tensor exists once."""
+  dtype = np.dtype(dtype)
+  n = int(np.prod(shape)) * dtype.itemsize
+  raw = np.empty(n + align, np.uint8)
+  off = (-raw.ctypes.data) % align
+  return raw[off:off + n].view(dtype).reshape(shape)
+
+
+def to_device(a: np.ndarray, dtype: Any) -> jax.Array:
+  """One host copy at most (layout or dtype change), then no second one for jax."""
+  dtype = np.dtype(dtype)
+  if not (a.dtype == dtype and a.flags.c_contiguous and a.ctypes.data % 64 == 0):
+    out = aligned_empty(a.shape, dtype)
+    np.copyto(out, a, casting="unsafe")
+    a = out
+  return jax.device_put(a)
 
 
 @dataclasses.dataclass
