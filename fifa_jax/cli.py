@@ -275,28 +275,10 @@ def infer() -> None:
   _not_yet("infer", 8)
 
 
-@convert_app.command("farl")
-def convert_farl() -> None:
-  """FaRL ViT-B/16 .pth -> fifa-jax face encoder."""
-  _not_yet("convert farl", 6)
+# `fifa convert farl|llama|sam|model|peft` (issue 6) live in fifa_jax/convert/cli.py.
+from fifa_jax.convert.cli import register as _register_convert  # noqa: E402
 
-
-@convert_app.command("llama")
-def convert_llama() -> None:
-  """HF LLaMA/Vicuna directory <-> fifa-jax LLM."""
-  _not_yet("convert llama", 6)
-
-
-@convert_app.command("sam")
-def convert_sam() -> None:
-  """SAM/GLaMM mask-decoder weights -> fifa-jax multi-task decoder."""
-  _not_yet("convert sam", 6)
-
-
-@convert_app.command("model")
-def convert_model() -> None:
-  """Whole FiFa-MLLM state dict <-> fifa-jax checkpoint; PEFT LoRA export."""
-  _not_yet("convert model", 6)
+_register_convert(convert_app)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ def test_help_lists_every_subcommand():
     assert cmd in r.stdout
 
 
-@pytest.mark.parametrize("args", [("eval",), ("infer",), ("convert", "llama")])
+@pytest.mark.parametrize("args", [("eval",), ("infer",)])
 def test_unbuilt_commands_say_so_and_fail(args):
   r = run(*args)
   assert r.returncode == 1

@@ -107,3 +107,27 @@ def restore(path: str | Path, make: Any, config_cls: type, *,
   nnx.update(model, state)
   init_missing(model, lambda: make(config))  # RNG state
   return config, model
+
+
+def kinds() -> dict[str, tuple[type, Any]]:
+  """kind -> (config class, make(config)); imported lazily (models pull in jax)."""
+  from fifa_jax.convert.sam import SamDecoder, SamDecoderConfig  # noqa: PLC0415
+  from fifa_jax.models.fifa import FiFaConfig, FiFaMLLM  # noqa: PLC0415
+  from fifa_jax.models.llama import LlamaConfig, LlamaForCausalLM  # noqa: PLC0415
+  from fifa_jax.models.vit import ViTConfig, VisionTransformer  # noqa: PLC0415
+
+  return {"llama": (LlamaConfig, lambda c: LlamaForCausalLM(c, rngs=nnx.Rngs(0))),
+          "vit": (ViTConfig, lambda c: VisionTransformer(c, rngs=nnx.Rngs(0))),
+          "sam": (SamDecoderConfig, lambda c: SamDecoder(c, rngs=nnx.Rngs(0))),
+          "fifa": (FiFaConfig, lambda c: FiFaMLLM(c, rngs=nnx.Rngs(0)))}
+
+
+def load(path: str | Path, kind: str | None = None) -> tuple[str, Any, nnx.Module]:
+  """Any fifa-jax folder -> (kind, config, model)."""
+  meta = read_meta(path)
+  table = kinds()
+  if meta["kind"] not in table:
+    raise ConversionError(f"{path}: unknown kind {meta['kind']!r}")
+  cls, make = table[meta["kind"]]
+  config, model = restore(path, make, cls, kind=kind)
+  return meta["kind"], config, model

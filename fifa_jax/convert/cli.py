@@ -1,0 +1,205 @@
+"""`fifa convert farl|llama|sam|model|peft`: the converters on the command line.
+
+Direction follows the source: a fifa-jax folder (with fifa_jax.json) is exported to
+PyTorch/HF, anything else is imported into a fifa-jax folder.  Bad input (a
+missing, unexpected or mis-shaped key, a missing file) prints one clear message
+and exits with status 2.  Heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+ALLOW_PICKLE = typer.Option(False, "--allow-pickle",
+                            help="Let torch.load unpickle arbitrary objects (trusted files only).")
+DTYPE = typer.Option(None, "--dtype", help="Store weights as this dtype (default: keep).")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+def _guard(name: str):
+  """ConversionError / missing files -> a one-line message and exit status 2."""
+  def wrap(fn):
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+      from fifa_jax.convert.stream import ConversionError  # noqa: PLC0415
+
+      logging.basicConfig(level=logging.INFO, format="%(message)s")
+      try:
+        return fn(*args, **kwargs)
+      except (ConversionError, FileNotFoundError, KeyError) as e:
+        typer.echo(f"fifa convert {name}: {e}", err=True)
+        raise typer.Exit(code=2) from None
+    return run
+  return wrap
+
+
+def _say(msg: str) -> None:
+  typer.echo(msg, err=True)
+
+
+def _fresh_folder(out: Path) -> None:
+  from fifa_jax.convert.stream import ConversionError  # noqa: PLC0415
+
+  if out.exists() and any(out.iterdir()):
+    raise ConversionError(f"{out} exists and is not empty; choose a new folder")
+
+
+def _load_jax(src: Path, kinds: tuple[str, ...]):
+  from fifa_jax.convert import checkpoint  # noqa: PLC0415
+  from fifa_jax.convert.stream import ConversionError  # noqa: PLC0415
+
+  kind = checkpoint.read_meta(src)["kind"]
+  if kind not in kinds:
+    raise ConversionError(f"{src} holds a {kind!r} model; this command takes {' or '.join(kinds)}")
+  return checkpoint.load(src)
+
+
+def register(app: typer.Typer) -> None:
+
+  @app.command("farl")
+  @_guard("farl")
+  def farl_cmd(src: Path = typer.Argument(..., help="FaRL .pth (or a fifa-jax 'vit' folder to export)."),
+               out: Path = typer.Argument(..., help="Output folder (import) or .pth/.safetensors (export)."),
+               heads: Optional[int] = typer.Option(None, help="Attention heads (default width // 64)."),
+               dtype: Optional[str] = DTYPE, allow_pickle: bool = ALLOW_PICKLE,
+               quiet: bool = QUIET) -> None:
+    """FaRL ViT-B/16 .pth (OpenAI-CLIP names under visual.) <-> fifa-jax face encoder."""
+    from fifa_jax.convert import checkpoint, farl  # noqa: PLC0415
+
+    if checkpoint.is_checkpoint(src):
+      _, _, enc = _load_jax(src, ("vit",))
+      farl.save_pth(enc, out, dtype=dtype)
+      _say(f"wrote {out}")
+      return
+    _fresh_folder(out)
+    cfg, enc = farl.load_pth(src, heads=heads, param_dtype=dtype, allow_pickle=allow_pickle,
+                             progress=not quiet)
+    checkpoint.save(enc, out, "vit", cfg)
+    _say(f"wrote {out} (ViT width {cfg.width}, {cfg.layers} layers, {cfg.heads} heads)")
+
+  @app.command("llama")
+  @_guard("llama")
+  def llama_cmd(src: Path = typer.Argument(..., help="HF LLaMA/Vicuna folder, GLaMM/LISA checkpoint, "
+                                           "or a fifa-jax 'llama'/'fifa' folder to export."),
+                out: Path = typer.Argument(..., help="Output folder."),
+                dtype: Optional[str] = DTYPE,
+                merge_lora: bool = typer.Option(False, help="Export: fold LoRA adapters into the weights."),
+                shard_gb: float = typer.Option(5.0, help="Export: shard size in GB."),
+                allow_pickle: bool = ALLOW_PICKLE, quiet: bool = QUIET) -> None:
+    """HF LLaMA / Vicuna (or the LLM of GLaMM / LISA) <-> fifa-jax LLM."""
+    from fifa_jax.convert import checkpoint, llama  # noqa: PLC0415
+
+    _fresh_folder(out)
+    if checkpoint.is_checkpoint(src):
+      kind, _, model = _load_jax(src, ("llama", "fifa"))
+      llm = model.llm if kind == "fifa" else model
+      llama.save_hf(llm, out, dtype=dtype, merge_lora=merge_lora,
+                    max_shard_bytes=int(shard_gb * 1e9), progress=not quiet)
+      _say(f"wrote {out} (LlamaForCausalLM.from_pretrained loads it)")
+      return
+    cfg, model, skipped = llama.load(src, param_dtype=dtype, allow_pickle=allow_pickle,
+                                     progress=not quiet)
+    if skipped:
+      _say(f"skipped {len(skipped)} non-LLM tensors: {llama.summarise(skipped)}")
+    checkpoint.save(model, out, "llama", cfg)
+    _say(f"wrote {out} ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+         f"vocab {cfg.vocab_size}, {cfg.param_dtype})")
+
+  @app.command("sam")
+  @_guard("sam")
+  def sam_cmd(src: Path = typer.Argument(..., help="segment-anything / LISA / GLaMM checkpoint."),
+              out: Path = typer.Argument(..., help="Output fifa-jax folder."),
+              pixel: bool = typer.Option(False, help="Also load SAM's upscaling into a SAM-variant pixel decoder."),
+              hypernetwork: int = typer.Option(0, help="Which mask-token MLP becomes the query MLP."),
+              heads: int = typer.Option(8, help="Attention heads of the two-way transformer."),
+              dtype: Optional[str] = DTYPE, allow_pickle: bool = ALLOW_PICKLE,
+              quiet: bool = QUIET) -> None:
+    """SAM / GLaMM mask-decoder weights -> fifa-jax multi-task decoder (task queries fresh)."""
+    from fifa_jax.convert import checkpoint, sam  # noqa: PLC0415
+
+    _fresh_folder(out)
+    cfg, model = sam.load_pth(src, pixel=pixel, hypernetwork=hypernetwork, heads=heads,
+                              param_dtype=dtype, allow_pickle=allow_pickle, progress=not quiet)
+    checkpoint.save(model, out, "sam", cfg)
+    _say(f"wrote {out} (depth {cfg.decoder.depth}, dim {cfg.decoder.dim}; task queries D/C/M/R/A "
+         f"fresh{'' if pixel else '; no pixel decoder'})")
+
+  @app.command("model")
+  @_guard("model")
+  def model_cmd(src: Optional[Path] = typer.Argument(None, help="Whole-model PyTorch state dict "
+                                                     "(folder/.safetensors/.pth) or a fifa-jax 'fifa' folder."),
+                out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+                config: Optional[str] = typer.Option(None, help="paper, tiny or a fifa_config.json "
+                                                     "(default: the one stored with the weights)."),
+                farl_path: Optional[Path] = typer.Option(None, "--farl", help="Assemble: FaRL .pth."),
+                llama_path: Optional[Path] = typer.Option(None, "--llama", help="Assemble: HF Vicuna folder."),
+                sam_path: Optional[Path] = typer.Option(None, "--sam", help="Assemble: SAM/GLaMM checkpoint."),
+                dtype: Optional[str] = DTYPE, allow_pickle: bool = ALLOW_PICKLE,
+                quiet: bool = QUIET) -> None:
+    """Whole FiFa-MLLM: PyTorch state dict <-> fifa-jax, or assemble from FaRL + Vicuna + SAM."""
+    from fifa_jax.convert import checkpoint, fifa  # noqa: PLC0415
+    from fifa_jax.convert.stream import ConversionError  # noqa: PLC0415
+
+    _fresh_folder(out)
+    cfg = _fifa_config(config)
+    parts = dict(farl_path=farl_path, llama_path=llama_path, sam_path=sam_path)
+    if any(parts.values()):
+      if src is not None:
+        raise ConversionError("give either SRC or --farl/--llama/--sam, not both")
+      if cfg is None:
+        raise ConversionError("assembling needs --config (paper, tiny or a fifa_config.json)")
+      model, report = fifa.assemble(cfg, allow_pickle=allow_pickle, progress=not quiet, **parts)
+      _say(f"fresh: {', '.join(report['fresh'])}; skipped {len(report['skipped'])} checkpoint tensors")
+      fifa.save(model, out)
+    elif src is None:
+      raise ConversionError("give SRC, or --farl/--llama/--sam to assemble")
+    elif checkpoint.is_checkpoint(src):
+      _, _, model = _load_jax(src, ("fifa",))
+      fifa.save_pth(model, out, dtype=dtype, progress=not quiet)
+    else:
+      _, model = fifa.load_pth(src, config=cfg, dtype=dtype, allow_pickle=allow_pickle,
+                               progress=not quiet)
+      fifa.save(model, out)
+    _say(f"wrote {out}")
+
+  @app.command("peft")
+  @_guard("peft")
+  def peft_cmd(src: Path = typer.Argument(..., help="fifa-jax 'llama' or 'fifa' folder with LoRA."),
+               out: Path = typer.Argument(..., help="Output folder."),
+               merged: bool = typer.Option(False, help="Write an HF folder with the adapters merged instead."),
+               base: Optional[str] = typer.Option(None, help="base_model_name_or_path to record."),
+               dtype: Optional[str] = DTYPE, quiet: bool = QUIET) -> None:
+    """LoRA adapters -> PEFT folder (adapter_config.json + adapter_model.safetensors), or merged HF."""
+    from fifa_jax.convert import peft  # noqa: PLC0415
+
+    _fresh_folder(out)
+    kind, _, model = _load_jax(src, ("llama", "fifa"))
+    llm = model.llm if kind == "fifa" else model
+    if merged:
+      peft.save_merged(llm, out, dtype=dtype, progress=not quiet)
+    else:
+      peft.save_adapter(llm, out, dtype=dtype, base_model_name_or_path=base, progress=not quiet)
+    _say(f"wrote {out}")
+
+
+def _fifa_config(spec: str | None):
+  if spec is None:
+    return None
+  import json  # noqa: PLC0415
+
+  from fifa_jax.convert import checkpoint  # noqa: PLC0415
+  from fifa_jax.convert.stream import ConversionError  # noqa: PLC0415
+  from fifa_jax.models.fifa import FiFaConfig  # noqa: PLC0415
+
+  presets = {"paper": FiFaConfig.paper, "tiny": FiFaConfig.tiny}
+  if spec in presets:
+    return presets[spec]()
+  path = Path(spec)
+  if not path.exists():
+    raise ConversionError(f"--config {spec!r}: not a preset ({sorted(presets)}) nor a file")
+  return checkpoint.config_from_dict(FiFaConfig, json.loads(path.read_text()))
