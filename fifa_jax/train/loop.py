@@ -119,7 +119,7 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
     state, data_state, meta = ckpt.restore(latest, setup.abstract)
     log(f"resumed from {ckpt.directory / str(latest)} (step {latest})")
   else:
-    state, data_state, meta = state_lib.init_state(setup, cfg.train.seed), None, {}
+    state, data_state, meta = state_lib.init_state(setup, cfg.train.seed, jit=True), None, {}
     n_train, n_frozen = state_lib.count(state["params"]), state_lib.count(state["frozen"])
     log(f"initialised FiFa-MLLM ({cfg.model.preset}): {n_train:,} trainable, {n_frozen:,} frozen "
         f"parameters")
@@ -140,7 +140,10 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
 
   stop = {"sigterm": False}
   previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True))
-  kill_at = int(os.environ.get("FIFA_DEBUG_KILL_AT_STEP", "0"))  # test hook: SIGKILL self
+  # Test hook: FIFA_DEBUG_SIGNAL="5:KILL" sends this process SIGKILL after step 5.
+  hook = os.environ.get("FIFA_DEBUG_SIGNAL", "")
+  hook_step, hook_sig = (int(hook.split(":")[0]), getattr(signal, "SIG" + hook.split(":")[1])) \
+      if hook else (0, None)
   bar = None
   if cfg.train.progress and jax.process_index() == 0:
     from tqdm import tqdm
@@ -187,8 +190,8 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
         if step % cfg.checkpoint.every == 0 or last:
           ckpt.save(step, state, data_state, {**meta, "step": step, "time": time.time(),
                                               "name": cfg.name})
-        if kill_at and step == kill_at:
-          os.kill(os.getpid(), signal.SIGKILL)
+        if hook_step and step == hook_step:
+          os.kill(os.getpid(), hook_sig)
   finally:
     signal.signal(signal.SIGTERM, previous)
     if bar is not None:
