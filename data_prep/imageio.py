@@ -38,19 +38,32 @@ def to_rgb(im: Image.Image) -> np.ndarray:
 
 _CV2_MODES = {"RGB": 3, "RGBA": 4, "L": 1}
 
+try:  # libspng: a third faster than OpenCV's libpng on photos (2.3 ms less at 512x512)
+  import pyspng as _spng
+except ImportError:  # optional: OpenCV decodes the same pixels
+  _spng = None
+
 
 def _png_fast(path: Path, im: Image.Image):
-  """HxW(x3) uint8 decoded by OpenCV (about 15% faster than PIL, the same pixels: PNG
-  is lossless) for the plain 8-bit PNGs that need nothing of to_rgb's conversions, else
-  None.  Files with an eXIf chunk (its name anywhere in the bytes) are left to PIL."""
+  """HxW(x3) uint8 decoded by libspng or OpenCV (faster than PIL, the same pixels: PNG
+  is lossless; neither applies gamma) for the plain 8-bit PNGs that need nothing of
+  to_rgb's conversions, else None.  Files with an eXIf chunk (its name anywhere in the
+  bytes) are left to PIL."""
   if im.format != "PNG" or im.mode not in _CV2_MODES:
     return None
   data = path.read_bytes()
   if b"eXIf" in data:
     return None
+  want = _CV2_MODES[im.mode]
+  if _spng is not None:
+    try:
+      a = _spng.load(data)  # RGB(A) order already
+    except Exception:  # a file libspng refuses: OpenCV and PIL are still tried
+      a = None
+    if a is not None and a.dtype == np.uint8 and (a.shape[2] if a.ndim == 3 else 1) == want:
+      return a if want != 4 else np.ascontiguousarray(a[..., :3])
   import cv2
   a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-  want = _CV2_MODES[im.mode]
   if a is None or a.dtype != np.uint8 or (a.shape[2] if a.ndim == 3 else 1) != want:
     return None
   if want == 1:

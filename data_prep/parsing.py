@@ -159,8 +159,9 @@ class BuiltinParser(FaceParser):
   Geometry (frame units: s = distance between the eye centres, v grows down the face):
   * face: the face-oval polygon is skin; nose, brows, eyes, lips and the inside of the
     mouth are landmark polygons painted over it (l_* on the subject's left).
-  * person: selfie segmentation > `threshold` (probability averaged with that of the
-    mirrored picture unless flip_average=False), united with the face.
+  * person: selfie segmentation > `threshold` (run on a copy shrunk to the model's
+    256x256 input, probability upsampled bilinearly; averaged with that of the
+    mirrored picture when flip_average=True), united with the face.
   * ears: on each side an ellipse just outside the oval at landmark 234/454, spanning
     from the lateral brow end down to the nose base, half-width 0.14 s scaled by how
     much of that side faces the camera (none when the side is turned away), kept where
@@ -176,22 +177,47 @@ class BuiltinParser(FaceParser):
 
   name = "builtin"
 
+  # The selfie models' input (w, h): MediaPipe stretches any picture to it (no aspect
+  # ratio kept) and upsamples its 256x256 (or 256x144) output to the picture's size.
+  MODEL_SIZE = {0: (256, 256), 1: (256, 144)}
+
   def __init__(self, threshold: float = 0.5, model_selection: int = 0, flip_average: bool = True):
     import mediapipe as mp
     self._seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model_selection)
     self.threshold = threshold
     self.flip_average = flip_average
+    self.model_size = self.MODEL_SIZE[model_selection]
 
   def close(self):
     self._seg.close()
 
-  def person(self, rgb: np.ndarray) -> np.ndarray:
-    """Selfie segmentation > threshold; with flip_average the probability is averaged
-    with that of the mirrored picture (mirrored back)."""
+  def probability(self, rgb: np.ndarray) -> np.ndarray:
+    """Person probability at the model's resolution (or the picture's, when smaller),
+    averaged with that of the mirrored picture (mirrored back) under flip_average.
+
+    A larger picture is shrunk to the model's input size here (INTER_AREA) rather than
+    inside MediaPipe: the model sees the same stretched picture, MediaPipe only handles
+    model-sized arrays (~2 ms less a pass at 512x512), and the flip average is taken
+    before upsampling.
+    """
+    import cv2
+    h, w = rgb.shape[:2]
+    mw, mh = self.model_size
+    if w > mw and h > mh:
+      rgb = cv2.resize(rgb, (mw, mh), interpolation=cv2.INTER_AREA)
     prob = self._seg.process(np.ascontiguousarray(rgb)).segmentation_mask
     if self.flip_average:
-      prob_f = self._seg.process(np.ascontiguousarray(rgb[:, ::-1])).segmentation_mask
-      prob = (prob + prob_f[:, ::-1]) * 0.5
+      prob_f = self._seg.process(cv2.flip(rgb, 1)).segmentation_mask  # cv2.flip: x[:, ::-1], faster
+      prob = (prob + cv2.flip(prob_f, 1)) * 0.5
+    return prob
+
+  def person(self, rgb: np.ndarray) -> np.ndarray:
+    """The probability, upsampled to the picture's size (INTER_LINEAR), > threshold."""
+    import cv2
+    h, w = rgb.shape[:2]
+    prob = self.probability(rgb)
+    if prob.shape != (h, w):
+      prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
     return prob > self.threshold
 
   def parse(self, rgb, landmarks):

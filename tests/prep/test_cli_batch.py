@@ -104,3 +104,12 @@ def test_batch_survives_a_kill_and_resumes(tmp_path, astronaut, tom):
   assert "artifact_existing" not in d and d["atomic"].any(axis=(1, 2)).sum() > 90
   r2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)  # nothing left but the failure
   assert r2.returncode == 1 and json.loads((out / "summary.json").read_text())["processed"] == 1
+
+
+@pytest.mark.parametrize("args,want", [([], (True, False)), (["--flip-average", "both"], (True, True)),
+                                       (["--flip-average", "off"], (False, False)),
+                                       (["--no-flip-average"], (False, False))])
+def test_flip_average_option(args, want):
+  a = cli.build_parser().parse_args(["regions", "x.png", "--out", "x.npz", *args])
+  c = cli._config(a)
+  assert (c.flip_average, c.flip_average_person) == want

@@ -32,6 +32,19 @@ def test_load_image_modes_and_exif(tmp_path, astronaut):
     imageio.load_image(tmp_path / "missing.png")
 
 
+def test_png_decoders_agree(tmp_path, astronaut, monkeypatch):
+  """libspng (when installed) and OpenCV give PIL's pixels for 8-bit RGB, RGBA and grey PNGs."""
+  small = np.ascontiguousarray(astronaut[::3, ::3])
+  for mode in ("RGB", "RGBA", "L"):
+    Image.fromarray(small).convert(mode).save(tmp_path / f"{mode}.png")
+  want = {m: np.asarray(Image.open(tmp_path / f"{m}.png").convert("RGB")) for m in ("RGB", "RGBA", "L")}
+  for spng in {imageio._spng, None}:
+    monkeypatch.setattr(imageio, "_spng", spng)
+    for m, w in want.items():
+      assert np.array_equal(imageio.load_image(tmp_path / f"{m}.png"), w), (m, spng)
+    assert np.array_equal(imageio.load_mask(tmp_path / "L.png"), want["L"][..., 0] > 127)
+
+
 @pytest.fixture(scope="module")
 def landmarker():
   lm = landmarks.Landmarker()

@@ -21,6 +21,10 @@ NOT_VISIBLE = {
     "tom": {"upper part of left ear", "lower part of left ear", "edges of left ear", "hair near left temple",
             "right part of background"},
 }
+# ... but may get a sliver: one selfie-segmentation pass (the default, flip averaging of
+# the landmarks only) puts the image's left 2 columns of Tom's hair, rows 11-23, at
+# p = 0.45-0.50, just under the threshold (0.69-0.75 when averaged with the mirror).
+SLIVER = {"tom": {"right part of background": 40}}
 
 
 def test_every_atomic_concept_has_a_documented_procedure():
@@ -32,7 +36,9 @@ def test_every_atomic_concept_has_a_documented_procedure():
 def test_visible_concepts_are_not_empty(which, astro_regions, tom_regions):
   face, labels, allm = astro_regions if which == "astronaut" else tom_regions
   assert face.landmarks.shape == (478, 3)
-  empty = {a for a in fict.ATOMIC if not allm[IDX[a]].any()}
+  sliver = SLIVER.get(which, {})
+  assert all(np.count_nonzero(allm[IDX[a]]) <= n for a, n in sliver.items())
+  empty = {a for a in fict.ATOMIC if not allm[IDX[a]].any()} | set(sliver)
   assert empty == NOT_VISIBLE_WITHOUT_PARSER | NOT_VISIBLE[which]
   face_concepts = set(fict.atomic_descendants("region around face"))
   assert not (face_concepts & empty) - NOT_VISIBLE[which]

@@ -1,7 +1,10 @@
 """Writes region_reference.npz: inputs and Region Masks of the dense implementation
 (commit 9170875, before the sparse rewrite), the reference test_sparse_equals_reference
 compares the current code with.  Inputs are stored (landmarks, person mask), so the
-test does not depend on MediaPipe's output on this machine.
+test does not depend on MediaPipe's output on this machine.  The stored inputs were
+made before 2026-11-23, with flip averaging of both MediaPipe models and the selfie
+model given the full picture (now: a 256x256 copy, and by default one pass); they
+are kept, since the test compares algorithms on fixed inputs.
 
     .venv-prep/bin/python tests/prep/data/make_region_reference.py
 """
