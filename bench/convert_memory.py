@@ -6,7 +6,7 @@ Writes a sharded HF safetensors folder with Vicuna-7B's names and layer count
 (32 layers, every projection, norms, embed_tokens, lm_head; vocab 32000) but
 shrunken widths, then, each in a fresh process: `load_hf` (HF -> fifa-jax) and,
 with the model loaded, `save_hf` (fifa-jax -> HF).  Reports the peak RSS
-(getrusage ru_maxrss) above the RSS measured just before the conversion, next to
+(VmHWM) above the RSS measured just before the conversion, next to
 the checkpoint size.  A full second copy of the weights would show as a peak of
 about 2x the checkpoint; streaming keeps it near 1x (the model itself) plus one
 tensor.
@@ -33,7 +33,13 @@ def rss_bytes() -> int:
 
 
 def peak_bytes() -> int:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+  """This process image's peak RSS (VmHWM).  Not getrusage's ru_maxrss: Linux carries
+  that across fork + exec, so a child of a big parent would report the parent's size."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) * 1024
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def write_checkpoint(folder: Path, hidden: int, intermediate: int, vocab: int, layers: int = 32,

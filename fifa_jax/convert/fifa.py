@@ -157,7 +157,8 @@ def assemble(config: FiFaConfig, *, farl_path: str | Path | None = None,
   finally:
     for raw in opened:
       raw.close()
-  fresh = sorted({stream.path_str(p[:2]) for p in loaded.fresh})
+  fresh = sorted({"llm LoRA adapters" if p[-1] in ("lora_a", "lora_b") else stream.path_str(p[:2])
+                  for p in loaded.fresh})
   log.info("assembled FiFa-MLLM from %s; fresh: %s", [c for c, _ in model_paths], fresh)
   return loaded.model, {"skipped": skipped + loaded.ignored, "fresh": fresh}
 
