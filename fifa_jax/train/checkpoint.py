@@ -170,4 +170,11 @@ def load_params(directory: str | os.PathLike, step: int | None = None,
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
   out = ckptr.restore(path, args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args,
                                                          partial_restore=True))
-  return {k: out[k] for k in parts}
+  return {k: _int_keys(out[k]) for k in parts}
+
+
+def _int_keys(tree):
+  """orbax gives list indices ('0', '1') as strings; nnx pure dicts use ints."""
+  if isinstance(tree, dict):
+    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v) for k, v in tree.items()}
+  return tree

@@ -92,7 +92,7 @@ def make_train_step(setup: state_lib.Setup, weights: LossWeights, grad_accum: in
       loss = losses.mean()
       parts = jax.tree.map(lambda x: x.mean(0), partss)
       sums = jax.tree.map(lambda x: x.sum(0), sumss)
-    gnorm = optax.global_norm(grads)
+    gnorm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
     updates, new_opt = setup.tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)

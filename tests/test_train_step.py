@@ -1,0 +1,157 @@
+"""The sharded train step: what trains, 8 devices = 1 device, the non-finite policy,
+gradient accumulation, checkpoints onto other meshes and onto the CPU alone."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from fifa_jax import config, mesh as mesh_lib
+from fifa_jax.data import pipeline, toy
+from fifa_jax.train import checkpoint as ckpt_lib, loop, optim, state as state_lib, step as step_lib
+from fifa_jax.train.losses import LossWeights
+
+STEPS = 3
+_LOSSES: dict = {}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  root = toy.write_toy_dataset(tmp_path_factory.mktemp("toy"), n_images=4)
+  cfg = config.load(loop.Path(__file__).parent.parent / "configs/tiny_cpu.yaml",
+                    [f"data.root={root}", "train.steps=10", "model.lora_dropout=0.1"])
+  fcfg = state_lib.model_config(cfg)
+  layout = pipeline.Layout.for_model(fcfg, cfg.data.buckets, None)
+  it = pipeline.iterate(loop.pipeline_config(cfg, "train"), layout)
+  batches = [next(it) for _ in range(STEPS)]
+  return cfg, fcfg, batches
+
+
+_SETUPS: dict = {}
+
+
+def setup_on(run, n, grad_accum=1):
+  """One setup and jitted step per (devices, grad_accum): each compiles once per module."""
+  key = (id(run), n, grad_accum)
+  if key not in _SETUPS:
+    _SETUPS[key] = _make(run, n, grad_accum)
+  return _SETUPS[key]
+
+
+def _make(run, n, grad_accum):
+  cfg, fcfg, _ = run
+  mesh = mesh_lib.make_mesh(*((2, 2, 2) if n == 8 else (n, 1, 1)), devices=jax.devices()[:n])
+  setup = state_lib.make_setup(cfg, fcfg, mesh)
+  fn = step_lib.make_train_step(setup, LossWeights(), grad_accum, optim.schedule(cfg.optim, 10))
+  return setup, fn
+
+
+def train(run, n, grad_accum=1, batches=None):
+  setup, fn = setup_on(run, n, grad_accum)
+  state = state_lib.init_state(setup, 0)
+  out = []
+  with jax.set_mesh(setup.mesh):
+    for b in batches or run[2]:
+      state, m = fn(state, step_lib.to_global(setup.mesh, b))
+      out.append(jax.device_get(m))
+  return state, out
+
+
+def test_frozen_llm_weights_have_no_optimizer_state(run):
+  setup, _ = setup_on(run, 1)
+  params, frozen = setup.abstract["params"], setup.abstract["frozen"]
+  llm_train = jax.tree_util.tree_leaves_with_path(params["llm"])
+  # Only adapters (and, with train_embeddings, embed_tokens / lm_head) train in the LLM.
+  names = {jax.tree_util.keystr(p) for p, _ in llm_train}
+  assert names and all(("lora_" in n) or ("embed_tokens" in n) or ("lm_head" in n) for n in names)
+  assert "kernel" in str(jax.tree_util.tree_leaves_with_path(frozen["llm"])[0][0]) or frozen["llm"]
+  # The Adam moments mirror the trainable params exactly: no base-weight moments.
+  adam = setup.abstract["opt_state"][1][0]
+  for moments in (adam.mu, adam.nu):
+    assert jax.tree.structure(moments) == jax.tree.structure(params)
+    paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(moments)}
+    assert not any("q_proj']['kernel']" in p or "mlp']" in p for p in paths if "['llm']" in p)
+  base_q = frozen["llm"]["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"]
+  assert base_q.shape == (64, 64)
+  # Without the flag, embeddings and lm_head are frozen too; outside the LLM all trains.
+  filt = optim.trainable_filter(False)
+  model = nnx.eval_shape(lambda: state_lib.FiFaMLLM(run[1], rngs=nnx.Rngs(0)))
+  _, p, f, _ = state_lib.split(model, filt)
+  p = nnx.to_pure_dict(p)
+  assert set(p) >= {"vit", "box_encoder", "decoder", "pixel_decoder", "image_projector", "llm"}
+  assert "embed_tokens" not in p["llm"]["model"]
+  assert not set(nnx.to_pure_dict(f)) - {"llm"}
+
+
+def test_eight_devices_match_one(run):
+  s8, m8 = train(run, 8)
+  s1, m1 = train(run, 1)
+  _LOSSES["one_device"] = [float(m["loss"]) for m in m1]
+  spec = s8["frozen"]["llm"]["model"]["layers"][0]["mlp"]["up_proj"]["kernel"].sharding.spec
+  assert spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  l8, l1 = [float(m["loss"]) for m in m8], [float(m["loss"]) for m in m1]
+  np.testing.assert_allclose(l8, l1, rtol=0, atol=1e-5)
+  a, b = jax.tree.leaves(s8["params"]), jax.tree.leaves(s1["params"])
+  worst = max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(a, b))
+  print(f"8 devices vs 1 over {STEPS} steps: losses {l1}, max param diff {worst:.2e}")
+  assert worst < 1e-4
+  assert int(s1["step"]) == STEPS and all(bool(m["finite"]) for m in m1)
+  assert set(m1[0]["per_task"]) >= {"text_sum", "samples", "tokens"}
+
+
+def test_nonfinite_update_is_skipped(run):
+  bad = dict(run[2][0])
+  bad["pixels"] = np.full_like(bad["pixels"], np.nan)
+  setup, fn = setup_on(run, 1)
+  state = state_lib.init_state(setup, 0)
+  before = jax.tree.map(np.asarray, state["params"])
+  opt_before = jax.tree.map(np.asarray, state["opt_state"])
+  with jax.set_mesh(setup.mesh):
+    state, m = fn(state, step_lib.to_global(setup.mesh, bad))
+  assert not bool(m["finite"]) and int(state["nonfinite"]) == 1 and int(state["step"]) == 1
+  for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(state["params"])):
+    np.testing.assert_array_equal(x, np.asarray(y))
+  for x, y in zip(jax.tree.leaves(opt_before), jax.tree.leaves(state["opt_state"])):
+    np.testing.assert_array_equal(x, np.asarray(y))
+  with jax.set_mesh(setup.mesh):
+    state, m = fn(state, step_lib.to_global(setup.mesh, run[2][1]))
+  assert bool(m["finite"]) and int(state["nonfinite"]) == 0
+
+
+def test_gradient_accumulation_runs_sharded(run):
+  # 2 micro-batches of 4 on a (data 4) mesh: rows stay on their devices.
+  s, m = train(run, 4, grad_accum=2, batches=run[2][:2])
+  assert all(bool(x["finite"]) for x in m) and int(s["step"]) == 2
+  # Same parameters at step 0: the mean of the micro-batch losses is close to the full loss.
+  full = _LOSSES.get("one_device") or [float(train(run, 1, batches=run[2][:1])[1][0]["loss"])]
+  assert abs(float(m[0]["loss"]) - full[0]) < 0.5
+
+
+def test_checkpoint_restores_on_other_meshes_and_cpu(run, tmp_path):
+  cfg, fcfg, _ = run
+  setup8, _ = setup_on(run, 8)
+  state = state_lib.init_state(setup8, 3)
+  ck = ckpt_lib.Checkpointer(tmp_path / "ck", keep=2)
+  ck.save(5, state, {"next_index": 5}, {"step": 5})
+  ck.close()
+  want = {jax.tree_util.keystr(k): np.asarray(jax.random.key_data(v) if ckpt_lib._is_key(v) else v)
+          for k, v in jax.tree_util.tree_leaves_with_path(state)}
+  for n in (1, 4):
+    mesh = mesh_lib.make_mesh(devices=jax.devices()[:n])
+    setup = state_lib.make_setup(cfg, fcfg, mesh)
+    restored, data, meta = ckpt_lib.Checkpointer(tmp_path / "ck").restore(5, setup.abstract)
+    assert data == {"next_index": 5} and meta["step"] == 5
+    got = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(restored)}
+    assert got.keys() == want.keys()
+    for k, v in got.items():
+      arr = jax.random.key_data(v) if ckpt_lib._is_key(v) else v
+      assert len(v.sharding.device_set) == n, k
+      np.testing.assert_array_equal(np.asarray(arr), want[k], err_msg=k)
+  # Parameters alone, as NumPy, with no mesh at all.
+  params = ckpt_lib.load_params(tmp_path / "ck")
+  leaves = jax.tree.leaves(params)
+  assert leaves and all(isinstance(x, np.ndarray) for x in leaves)
+  np.testing.assert_array_equal(params["frozen"]["llm"]["model"]["layers"][0]["mlp"]["up_proj"]["kernel"],
+                                want["['frozen']['llm']['model']['layers'][0]['mlp']['up_proj']['kernel']"])
