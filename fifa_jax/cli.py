@@ -234,7 +234,7 @@ def data_adapt(
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c",
                                           help="YAML recipe (configs/); `include:` bases apply first."),
-    workdir: Path = typer.Option(..., "--workdir", "-w",
+    workdir: str = typer.Option(..., "--workdir", "-w",
                                  help="Run folder: checkpoints/, metrics.jsonl, tb/, config.yaml. "
                                       "An existing run resumes from its latest checkpoint."),
     overrides: list[str] = typer.Option([], "--set", "-s",

@@ -112,7 +112,8 @@ def saveable_abstract(abstract):
 class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True):
-    self.directory = Path(directory).absolute()
+    # epath: local folders and gs:// alike (a pod slice's hosts need a shared one).
+    self.directory = epath.Path(directory) if "://" in str(directory) else epath.Path(Path(directory).absolute())
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(

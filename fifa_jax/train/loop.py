@@ -95,8 +95,15 @@ def evaluate(cfg, setup, layout, eval_step, state, pad_id) -> dict[str, float]:
   return acc.summary("dev")
 
 
+def local_dir(workdir: str) -> Path:
+  """Where metrics go: the workdir, or for a remote one (gs://...) ./fifa_metrics/<name>."""
+  if "://" in workdir:
+    return Path("fifa_metrics") / workdir.rstrip("/").rsplit("/", 1)[-1]
+  return Path(workdir)
+
+
 def train(cfg: config_lib.Config, workdir: str | Path) -> int:
-  workdir = Path(workdir)
+  workdir = str(workdir)
   enable_compilation_cache()
   distributed.maybe_initialize(cfg.distributed)
   mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
@@ -109,9 +116,9 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
   setup = state_lib.make_setup(cfg, fcfg, mesh)
   layout = pipeline.Layout.for_model(fcfg, cfg.data.buckets, cfg.model.tokenizer)
   if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.yaml").write_text(config_lib.dump(cfg))
-  ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=cfg.checkpoint.keep,
+    local_dir(workdir).mkdir(parents=True, exist_ok=True)
+    (local_dir(workdir) / "config.yaml").write_text(config_lib.dump(cfg))
+  ckpt = ckpt_lib.Checkpointer(workdir.rstrip("/") + "/checkpoints", keep=cfg.checkpoint.keep,
                                async_save=cfg.checkpoint.async_save)
 
   latest = ckpt.latest_step()
@@ -135,7 +142,7 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
   weights = LossWeights(**vars(cfg.loss))
   train_step = _Compiled(step_lib.make_train_step(setup, weights, cfg.train.grad_accum, sched))
   eval_step = step_lib.make_eval_step(setup, weights) if cfg.train.eval_every else None
-  writer = metrics_lib.MetricsWriter(workdir)
+  writer = metrics_lib.MetricsWriter(local_dir(workdir))
   peak = metrics_lib.peak_tflops(cfg.bench.peak_tflops)
 
   stop = {"sigterm": False}

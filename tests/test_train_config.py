@@ -1,0 +1,109 @@
+"""Strict configs (unknown keys name themselves, exit 2), precedence, recipes, launcher dry runs."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fifa_jax import config
+from fifa_jax.cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def test_unknown_and_misspelt_keys_are_named(tmp_path):
+  f = tmp_path / "c.yaml"
+  f.write_text("train:\n  stpes: 3\n")
+  with pytest.raises(config.ConfigError, match=r"train\.stpes: unknown key \(did you mean 'steps'\?\)"):
+    config.load(f)
+  with pytest.raises(config.ConfigError, match=r"^optimizer: unknown key"):
+    config.load(None, ["optimizer.lr=1"])
+  with pytest.raises(config.ConfigError, match=r"model\.llama\.hiden_size: unknown key"):
+    config.load(None, ["model.llama.hiden_size=8"])
+  with pytest.raises(config.ConfigError, match=r"data\.tasks\.dett: unknown task"):
+    config.load(None, ["data.tasks={dett: 1}"])
+  with pytest.raises(config.ConfigError, match=r"train\.steps: expected an integer"):
+    config.load(None, ["train.steps=ten"])
+  with pytest.raises(config.ConfigError, match="not divisible"):
+    config.load(None, ["train.batch_size=10", "train.grad_accum=3"])
+
+
+def test_precedence_defaults_includes_file_overrides(tmp_path):
+  (tmp_path / "base.yaml").write_text("train: {steps: 5, batch_size: 4}\noptim: {lr: 0.1}\n")
+  (tmp_path / "mid.yaml").write_text("include: base.yaml\ntrain: {steps: 6}\n")
+  (tmp_path / "top.yaml").write_text("include: [mid.yaml]\noptim: {lr: 0.2}\n")
+  c = config.load(tmp_path / "top.yaml", ["optim.lr=0.3", "optim.lr=0.4"])
+  assert (c.train.steps, c.train.batch_size, c.optim.lr) == (6, 4, 0.4)
+  assert c.optim.warmup_steps == 100  # default
+  (tmp_path / "loop.yaml").write_text("include: loop.yaml\n")
+  with pytest.raises(config.ConfigError, match="include cycle"):
+    config.load(tmp_path / "loop.yaml")
+
+
+def test_paper_recipe_matches_appendix_b():
+  c = config.load(REPO / "configs/paper_multitask.yaml")
+  assert (c.train.batch_size, c.train.steps, c.optim.lr, c.optim.warmup_steps) == (40, 12500, 3e-4, 100)
+  assert c.model.lora_rank == 128 and not c.model.train_embeddings
+  assert c.data.tasks == config.TABLE17_RATIOS
+  assert (c.loss.text, c.loss.det_cls, c.loss.mask_bce, c.loss.mask_dice) == (1.0, 0.2, 0.5, 2.0)
+  s = config.load(REPO / "configs/single/r-age.yaml")
+  assert s.data.tasks == {"r-age": 1.0} and (s.train.batch_size, s.train.steps) == (10, 8333)
+  assert config.load(REPO / "configs/tpu_v5e_16.yaml").mesh.tensor == 2
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_recipe_loads(path):
+  config.load(path)
+
+
+def test_cli_exit_code_2_names_the_key(tmp_path):
+  r = CliRunner().invoke(app, ["train", "--config", str(REPO / "configs/tiny_cpu.yaml"),
+                               "--workdir", str(tmp_path), "--set", "train.lr=1"])
+  assert r.exit_code == 2
+  assert "train.lr: unknown key" in r.output
+  r = CliRunner().invoke(app, ["train", "--config", str(REPO / "configs/tiny_cpu.yaml"),
+                               "--workdir", str(tmp_path), "--set", "train.steps=7", "--print-config"])
+  assert r.exit_code == 0 and "steps: 7" in r.output
+
+
+def run_launcher(*args):
+  r = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert r.returncode == 0, r.stderr
+  return r.stdout
+
+
+def test_tpu_launcher_dry_run_v5e_16():
+  out = run_launcher("launch/tpu.py", "--tpu", "fifa-v5e-16", "--zone", "us-west4-a", "--project", "p",
+                     "--config", "configs/tpu_v5e_16.yaml", "--workdir", "gs://bucket/run", "--dry-run")
+  (line,) = out.strip().splitlines()
+  argv = shlex.split(line)
+  assert argv[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "fifa-v5e-16", "--zone=us-west4-a"]
+  assert "--project=p" in argv and "--worker=all" in argv
+  remote = [a for a in argv if a.startswith("--command=")][0][len("--command="):]
+  assert remote.startswith("cd ~/fifa-jax && ")
+  inner = shlex.split(remote.split("&&", 1)[1])
+  assert inner == [".venv/bin/python", "-m", "fifa_jax.cli", "train", "--config", "configs/tpu_v5e_16.yaml",
+                   "--workdir", "gs://bucket/run", "--set", "distributed.initialize=true"]
+
+
+def test_slurm_launcher_dry_run_two_nodes_of_four_gpus():
+  out = run_launcher("launch/slurm.py", "--nodes", "2", "--gpus-per-node", "4", "--config",
+                     "configs/gpu_4x_h800.yaml", "--workdir", "/shared/run", "--repo-dir", "/shared/fifa",
+                     "--set", "train.steps=100", "--dry-run")
+  lines = out.splitlines()
+  for want in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4",
+               "#SBATCH --signal=TERM@120", "#SBATCH --requeue"):
+    assert want in lines
+  srun = [line for line in lines if line.startswith("srun ")][0]
+  argv = shlex.split(srun)
+  assert argv[:4] == ["srun", "--kill-on-bad-exit=1", "bash", "-c"]
+  assert argv[4] == ("cd /shared/fifa && .venv/bin/python -m fifa_jax.cli train --config "
+                     "configs/gpu_4x_h800.yaml --workdir /shared/run --set distributed.initialize=true "
+                     "--set train.steps=100")
+  assert lines[-1].startswith("# would run: sbatch")

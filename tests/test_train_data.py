@@ -1,0 +1,134 @@
+"""The grain pipeline: task mixing, host slices, sample contents, exact iterator resume."""
+
+from __future__ import annotations
+
+import collections
+
+import grain
+import numpy as np
+import pytest
+
+from fifa_jax import fict, tokens
+from fifa_jax.config import TABLE17_RATIOS
+from fifa_jax.data import mixing, pipeline, toy
+from fifa_jax.data.records import MaskStore, QARecord
+from fifa_jax.models.fifa import FiFaConfig
+
+FCFG = FiFaConfig.tiny()
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+  return toy.write_toy_dataset(tmp_path_factory.mktemp("toy"), n_images=4)
+
+
+def pc(root, tasks, batch=4, split="train", **kw):
+  return pipeline.PipelineConfig(root=str(root), qa_glob="{root}/qa/{split}/{task}-*.array_record",
+                                 masks="{root}/masks", tasks=tasks, split=split, seed=0,
+                                 local_batch=batch, **kw)
+
+
+@pytest.fixture(scope="module")
+def layout():
+  tok = tokens.load_tokenizer()
+  ids = tokens.special_token_ids(tok)
+  fcfg = FiFaConfig.tiny(llama=FCFG.llama.__class__(**{**FCFG.llama.__dict__, "vocab_size": len(tok)}),
+                         image_token_id=ids[tokens.IMAGE], bbox_token_id=ids[tokens.BBOX],
+                         p_open_token_id=ids[tokens.P_OPEN], p_close_token_id=ids[tokens.P_CLOSE],
+                         seg_token_id=ids[tokens.SEG])
+  return pipeline.Layout.for_model(fcfg, [96, 128, 160], None), tok
+
+
+def test_table17_mixing_proportions():
+  srcs = {t: grain.MapDataset.range(1000 * i, 1000 * i + 7) for i, t in enumerate(tokens.TASKS)}
+  stream = mixing.mixed_stream(srcs, TABLE17_RATIOS, seed=0)
+  counts = collections.Counter(tokens.TASKS[stream[i] // 1000] for i in range(3600))
+  total = sum(TABLE17_RATIOS.values())
+  for t, w in TABLE17_RATIOS.items():
+    assert abs(counts[t] / 3600 - w / total) < 0.01, (t, counts[t])
+  # Hosts take interleaved slices: together they are the global stream.
+  hosts = [mixing.host_slice(stream, i, 4) for i in range(4)]
+  assert [hosts[i % 4][i // 4] for i in range(40)] == [stream[i] for i in range(40)]
+  # A new order each epoch of a task.
+  one = mixing.mixed_stream({"det": grain.MapDataset.range(7)}, {"det": 1}, seed=0)
+  assert sorted(one[i] for i in range(7)) == list(range(7))
+  assert [one[i] for i in range(7)] != [one[i] for i in range(7, 14)]
+
+
+def test_missing_task_is_a_clear_error(root):
+  with pytest.raises(FileNotFoundError, match="task 'det' has weight"):
+    mixing.task_sources("{root}/nowhere/{split}/{task}-*.array_record", str(root), "train", {"det": 1})
+
+
+def test_sample_contents(root, layout):
+  lay, tok = layout
+  ids_of = tokens.special_token_ids(tok)
+  it = pipeline.iterate(pc(root, {"b-age": 1}, batch=2), lay)
+  b = next(it)
+  assert b["input_ids"].shape == b["loss_mask"].shape == b["attention_mask"].shape
+  assert b["input_ids"].shape[1] in lay.buckets
+  assert b["pixels"].shape == (2, lay.image_size, lay.image_size, 3)
+  assert b["masks"].shape == (2, lay.max_segs, 2, *lay.mask_size)
+  assert b["boxes"].shape == (2, 1, 4) and (b["boxes"][:, 0, 2] > b["boxes"][:, 0, 0]).all()
+  assert (b["task"] == tokens.TASKS.index("b-age")).all()
+  for i in range(2):
+    ids, lm, am = b["input_ids"][i], b["loss_mask"][i], b["attention_mask"][i]
+    n = int(am.sum())
+    assert (ids == ids_of[tokens.IMAGE]).sum() == lay.num_image_tokens
+    assert (ids == ids_of[tokens.BBOX]).sum() == 1
+    # Loss only on the answer: after ASSISTANT:, ending with </s>, never on padding.
+    first = int(np.argmax(lm))
+    assert lm[first:n].all() and not lm[:first].any() and not lm[n:].any()
+    assert ids[n - 1] == tok.eos_token_id
+    assert "ASSISTANT:" in tok.decode(ids[:first]) and "ASSISTANT" not in tok.decode(ids[first:n])
+    n_seg = int((ids == ids_of[tokens.SEG]).sum())
+    assert b["mask_valid"][i].sum() == min(n_seg, lay.max_segs) > 0
+  # Slot 0's masks are its concept's Region Mask and Regional Artifact Mask, area-downsampled.
+  src = grain.sources.ArrayRecordDataSource(mixing.task_files(
+      "{root}/qa/{split}/{task}-*.array_record", str(root), "train", "b-age"))
+  recs = [QARecord.from_bytes(src[j]) for j in range(len(src))]
+  store = MaskStore(root / "masks")
+  found = 0
+  for r in recs:
+    e = store[r.image_id]
+    region = pipeline.resize_mask(e.region_mask(r.seg_concepts[0]), lay.mask_size)
+    art = pipeline.resize_mask(e.artifact_region_mask(r.seg_concepts[0]), lay.mask_size)
+    for i in range(2):
+      if np.allclose(b["masks"][i, 0, 0], region) and np.allclose(b["masks"][i, 0, 1], art):
+        found += 1
+  assert found >= 1
+  assert 0 < b["masks"][:, 0, 0].mean() < 1 and b["masks"][:, 0, 1].sum() <= b["masks"][:, 0, 0].sum()
+
+
+def test_labels_and_padding(root, layout):
+  lay, _ = layout
+  b = next(pipeline.iterate(pc(root, {"det": 1, "cls": 1}, batch=8), lay))
+  det = b["task"] == tokens.TASKS.index("det")
+  assert det.any() and (~det).any()
+  assert set(b["det_label"][det]) <= {0, 1} and (b["det_label"][~det] == -1).all()
+  assert (b["cls_label"][det] == -1).all() and (b["cls_label"][~det] >= 0).all()
+  assert not b["mask_valid"].any() and not b["boxes"].any()
+  wider = pipeline.pad_to_length(b, 160, 0)
+  assert wider["input_ids"].shape[1] == 160 and not wider["attention_mask"][:, b["input_ids"].shape[1]:].any()
+
+
+def test_iterator_state_resumes_exactly(root, layout):
+  lay, _ = layout
+  cfg = pc(root, dict(TABLE17_RATIOS), batch=3)
+  it = pipeline.iterate(cfg, lay)
+  for _ in range(2):
+    next(it)
+  state = it.get_state()
+  want = [next(it) for _ in range(2)]
+  again = pipeline.iterate(cfg, lay, state=state)
+  for w in want:
+    got = next(again)
+    for k in w:
+      np.testing.assert_array_equal(got[k], w[k], err_msg=k)
+
+
+def test_bucket_length():
+  assert pipeline.bucket_length(10, [96, 128]) == 96
+  assert pipeline.bucket_length(97, [96, 128]) == 128
+  assert pipeline.bucket_length(500, [96, 128]) == 128
+  assert fict.NUM_ATOMIC == 112
