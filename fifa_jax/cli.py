@@ -35,13 +35,6 @@ app.add_typer(data_app, name="data")
 app.add_typer(convert_app, name="convert")
 
 
-def _not_yet(what: str, issue: int) -> None:
-  """Say plainly that a command does not exist yet, and fail."""
-  typer.echo(f"fifa {what}: not implemented yet (tracked in issue {issue}); nothing was run.",
-             err=True)
-  raise typer.Exit(code=1)
-
-
 # ---------------------------------------------------------------------------
 # prep: the annotator, in .venv-prep
 
@@ -120,7 +113,7 @@ def params(
 
 
 # ---------------------------------------------------------------------------
-# Commands that later issues fill.
+# Data, training, evaluation, inference.
 
 
 @data_app.command(
@@ -264,21 +257,62 @@ def train(
 
 
 @app.command("eval")
-def evaluate() -> None:
-  """FiFa-Bench / DD-VQA / DFA-Bench evaluation, mesh-sharded."""
-  _not_yet("eval", 8)
+def evaluate(
+    checkpoint: str = typer.Option(..., help="Training workdir, WORKDIR/checkpoints/<step>, or a `fifa convert model` folder."),
+    data: str = typer.Option(..., help="Shards from `fifa data build` (qa/<split>/<task>-*.array_record + masks/)."),
+    split: str = typer.Option("test", help="train, dev or test."),
+    out: str = typer.Option(..., help="Folder for report.md/json, predictions.jsonl and overlays/."),
+    layout: str = typer.Option("fifa-bench", help="fifa-bench (Table 3), dd-vqa (Table 4) or dfa-bench (Table 5)."),
+    tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: the layout's)."),
+    max_per_task: Optional[int] = typer.Option(None, help="Evaluate at most this many records per task."),
+    batch_size: int = typer.Option(8, help="Per-host batch (rounded up to the local devices)."),
+    max_new_tokens: int = typer.Option(128, help="Answer length limit."),
+    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer folder (default: the checkpoint's)."),
+) -> None:
+  """FiFa-Bench / DD-VQA / DFA-Bench evaluation, data parallel over devices and hosts."""
+  from fifa_jax.eval import bench
+  from fifa_jax.infer import load as load_lib
+
+  try:
+    loaded = load_lib.load(checkpoint, tokenizer)
+    result = bench.evaluate(loaded, data, split, out, layout=layout,
+                            tasks=tasks.split(",") if tasks else None, max_per_task=max_per_task,
+                            batch_size=batch_size, max_new_tokens=max_new_tokens)
+  except (load_lib.CheckpointError, FileNotFoundError, ValueError, RuntimeError) as e:
+    typer.echo(f"fifa eval: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  if result:
+    typer.echo((Path(out) / "report.md").read_text())
+    typer.echo(f"wrote {out}/report.md, report.json, predictions.jsonl and overlays/")
 
 
 @app.command()
-def infer() -> None:
-  """Ask a trained model about one face; writes JSON and a mask overlay."""
-  _not_yet("infer", 8)
+def infer(
+    checkpoint: str = typer.Option(..., help="Training workdir, WORKDIR/checkpoints/<step>, or a `fifa convert model` folder."),
+    image: str = typer.Option(..., help="Face image (any format OpenCV reads)."),
+    task: str = typer.Option(..., help="det, cls, i-loc, r-loc, b-loc, i-toe, r-toe, b-toe, i-age, r-age or b-age."),
+    out: str = typer.Option(..., help="Folder for answer.json and overlay.png."),
+    region: Optional[str] = typer.Option(None, help="FICT concept, for r- tasks."),
+    box: Optional[str] = typer.Option(None, help="x1,y1,x2,y2 in image pixels, for b- tasks."),
+    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer folder (default: the checkpoint's)."),
+    max_new_tokens: int = typer.Option(128, help="Answer length limit."),
+) -> None:
+  """Ask a trained model about one face; prints the answer, writes JSON and a mask overlay."""
+  from fifa_jax.infer import load as load_lib
+  from fifa_jax.infer import predict
+  from fifa_jax.infer import run as infer_run
 
-
-# `fifa convert farl|llama|sam|model|peft` (issue 6) live in fifa_jax/convert/cli.py.
-from fifa_jax.convert.cli import register as _register_convert  # noqa: E402
-
-_register_convert(convert_app)
+  try:
+    result = infer_run.run(checkpoint, image, task.lower(), out, region=region,
+                           box=infer_run.parse_box(box), tokenizer=tokenizer,
+                           max_new_tokens=max_new_tokens)
+  except (predict.QueryError, load_lib.CheckpointError) as e:
+    typer.echo(f"fifa infer: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  typer.echo(result["answer"])
+  for g in result["grounded"]:
+    typer.echo(f"  [SEG] {g['phrase']!r} -> {g['concept']}: {g['area']} px, score {g['score']:.2f}")
+  typer.echo(f"det: fake {result['det_probs']['fake']:.3f}; wrote {out}/answer.json and {out}/overlay.png")
 
 
 def main() -> None:

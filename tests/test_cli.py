@@ -23,11 +23,16 @@ def test_help_lists_every_subcommand():
     assert cmd in r.stdout
 
 
-@pytest.mark.parametrize("args", [("eval",), ("infer",)])
-def test_unbuilt_commands_say_so_and_fail(args):
-  r = run(*args)
-  assert r.returncode == 1
-  assert "not implemented yet" in r.stderr and "nothing was run" in r.stderr
+def test_infer_and_eval_reject_bad_input_before_loading_anything(tmp_path):
+  r = run("infer", "--checkpoint", str(tmp_path / "none"), "--image", str(tmp_path / "none.png"),
+          "--task", "det", "--out", str(tmp_path / "o"))
+  assert r.returncode == 2 and "none.png' does not exist" in r.stderr
+  (tmp_path / "text.png").write_text("not an image")
+  r = run("infer", "--checkpoint", str(tmp_path / "none"), "--image", str(tmp_path / "text.png"),
+          "--task", "det", "--out", str(tmp_path / "o"))
+  assert r.returncode == 2 and "could not be read as an image" in r.stderr
+  r = run("eval", "--checkpoint", str(tmp_path / "none"), "--data", str(tmp_path), "--out", str(tmp_path / "o"))
+  assert r.returncode == 2 and "does not exist" in r.stderr
 
 
 def test_fict_dump_via_fifa():

@@ -104,7 +104,8 @@ def caption_scores(predictions: list[str], references: list[list[str]]) -> dict[
 
   gts = {i: [{"caption": r} for r in refs] for i, refs in enumerate(references)}
   res = {i: [{"caption": p}] for i, p in enumerate(predictions)}
-  with contextlib.redirect_stdout(io.StringIO()):  # the scorers print progress
+  # The scorers print progress, and their Java tools log to the inherited stderr.
+  with contextlib.redirect_stdout(io.StringIO()), _quiet_stderr_fd():
     tok = PTBTokenizer()
     gts, res = tok.tokenize(gts), tok.tokenize(res)
     bleu, _ = Bleu(4).compute_score(gts, res)
@@ -119,6 +120,24 @@ def caption_scores(predictions: list[str], references: list[list[str]]) -> dict[
     cider, _ = Cider().compute_score(gts, res)
   return {"BLEU-4": float(bleu[3]), "METEOR": float(meteor_score), "ROUGE-L": float(rouge),
           "CIDEr": float(cider)}
+
+
+@contextlib.contextmanager
+def _quiet_stderr_fd():
+  """Send file descriptor 2 (what child processes inherit) to /dev/null for a while."""
+  import os
+  import sys
+
+  sys.stderr.flush()
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
 
 
 def _stack(m, name: str, i: int) -> np.ndarray:

@@ -1,0 +1,197 @@
+"""`fifa eval`: FiFa-Bench (Table 3), DD-VQA (Table 4) and DFA-Bench (Table 5) runs.
+
+Data parallel over the mesh: every host takes its own slice of the records
+(`records[process_index::process_count]`), batches are split over its local
+devices on a `data` mesh axis (the model replicated), and each host writes
+`predictions-<process>.jsonl`; after a barrier process 0 merges them and writes
+the report.  No host ever needs another host's arrays.
+
+What is scored, per task (predictions parsed from the generated text):
+  det  detection_scores of parse_det(answer) against det_label
+  cls  classification_scores of parse_cls(answer) against cls_label
+  toe  caption_scores of the answer against the record's answer (markers stripped)
+  loc  mask_scores: the k-th predicted Regional Artifact Mask against the k-th
+       [SEG]'s true one (Region Mask AND artifact mask at full resolution); a
+       missing prediction counts as an empty mask, extra ones are ignored
+  age  both caption and mask scores
+Outputs in OUT: report.md, report.json, predictions.jsonl, overlays/<task>-<k>.png.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from fifa_jax import tokens
+from fifa_jax.data.pipeline import decode_image
+from fifa_jax.data.records import MaskStore, QARecord, read_qa_records
+from fifa_jax.eval import metrics as M
+from fifa_jax.eval import report
+from fifa_jax.infer import overlay, predict
+from fifa_jax.infer.load import Loaded
+
+LAYOUT_TASKS = {"fifa-bench": tokens.TASKS, "dd-vqa": ("det", "i-toe"),
+                "dfa-bench": ("det", "cls", "i-toe")}
+
+
+def find_records(data: str | Path, split: str, task: str) -> list[QARecord]:
+  paths = sorted(glob.glob(str(Path(data) / "qa" / split / f"{task}-*.array_record")))
+  return [r for p in paths for r in read_qa_records(p)]
+
+
+def _query(rec: QARecord, store: MaskStore) -> predict.Query:
+  rgb = decode_image(store[rec.image_id].image)
+  return predict.Query(rgb, rec.task, region=rec.region, box=rec.box, prompt=rec.prompt)
+
+
+def _true_masks(rec: QARecord, store: MaskStore) -> np.ndarray:
+  e = store[rec.image_id]
+  return np.stack([e.artifact_region_mask(c) for c in rec.seg_concepts])
+
+
+def _paired(pred: list[np.ndarray], true: np.ndarray) -> np.ndarray:
+  out = np.zeros_like(true)
+  for k in range(min(len(pred), len(true))):
+    out[k] = pred[k]
+  return out
+
+
+def evaluate(loaded: Loaded, data: str | Path, split: str, out: str | Path, *,
+             layout: str = "fifa-bench", tasks: Sequence[str] | None = None,
+             max_per_task: int | None = None, batch_size: int = 8, max_new_tokens: int = 128,
+             overlays_per_task: int = 2, progress: bool = True) -> dict:
+  """Run the benchmark; returns the report dict (also written to `out`)."""
+  from fifa_jax import mesh as mesh_lib
+
+  if layout not in LAYOUT_TASKS:
+    raise ValueError(f"unknown layout {layout!r}; choose from {sorted(LAYOUT_TASKS)}")
+  tasks = tuple(tasks or LAYOUT_TASKS[layout])
+  for t in tasks:
+    if t not in tokens.TASKS:
+      raise ValueError(f"unknown task {t!r}; expected one of {', '.join(tokens.TASKS)}")
+  data, out = Path(data), Path(out)
+  store_path = data / "masks"
+  if not (store_path / MaskStore.INDEX).is_file():
+    raise FileNotFoundError(f"{str(data)!r} holds no mask store (expected {store_path}/index.json)")
+  store = MaskStore(store_path)
+  pid, nproc = jax.process_index(), jax.process_count()
+  local = jax.local_devices()
+  mesh = mesh_lib.make_mesh(data=len(local), devices=local)
+  mesh_lib.shard_model(loaded.model, mesh)
+  # Round the batch up to the local devices, so each takes an equal share.
+  batch_size = -(-batch_size // len(local)) * len(local)
+
+  work: list[QARecord] = []
+  for t in tasks:
+    recs = find_records(data, split, t)[:max_per_task]
+    work.extend(recs[pid::nproc])
+  if not work:
+    raise FileNotFoundError(f"no {split} records for tasks {tasks} under {data}/qa/{split}/")
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "overlays").mkdir(exist_ok=True)
+  rows_path = out / f"predictions-{pid}.jsonl"
+  shown: dict[str, int] = defaultdict(int)
+  bar = _bar(len(work), progress and pid == 0)
+  with open(rows_path, "w") as fh:
+    for b0 in range(0, len(work), batch_size):
+      recs = work[b0:b0 + batch_size]
+      queries = [_query(r, store) for r in recs]
+      padded = queries + [queries[-1]] * (batch_size - len(queries))
+      arrays = predict.encode(loaded, padded)
+      arrays = {k: jax.device_put(v, mesh_lib.batch_sharding(mesh, v.ndim)) for k, v in arrays.items()}
+      preds = predict.predict(loaded, padded, batch=arrays, max_new_tokens=max_new_tokens)
+      for rec, q, p in zip(recs, queries, preds):
+        fh.write(json.dumps(_row(rec, p, store)) + "\n")
+        if shown[rec.task] < overlays_per_task:
+          shown[rec.task] += 1
+          pic = overlay.draw_overlay(q.rgb, p.artifact_masks, p.phrases,
+                                     title=f"{tokens.TASK_NAMES[rec.task]} {rec.record_id}",
+                                     text=tokens.strip_markers(p.text), box=rec.box)
+          overlay.save_png(out / "overlays" / f"{rec.task}-{shown[rec.task]}.png", pic)
+      bar.update(len(recs))
+  bar.close()
+  _barrier("fifa-eval-predictions")
+  if pid != 0:
+    return {}
+  rows = [json.loads(l) for p in sorted(out.glob("predictions-*.jsonl")) for l in p.read_text().splitlines()]
+  metrics = score(rows, store)
+  tab = report.table(metrics, layout, name=loaded.source)
+  (out / "report.md").write_text(f"# {layout} ({split}, {len(rows)} samples)\n\n" + report.markdown(tab))
+  (out / "report.json").write_text(report.to_json(tab, metrics))
+  with open(out / "predictions.jsonl", "w") as fh:
+    for r in rows:
+      fh.write(json.dumps(r) + "\n")
+  return {"table": tab, "metrics": metrics}
+
+
+def _row(rec: QARecord, p: predict.Prediction, store: MaskStore) -> dict:
+  row = {"record_id": rec.record_id, "image_id": rec.image_id, "task": rec.task,
+         "prediction": p.text, "reference": rec.answer, "det_label": rec.det_label,
+         "cls_label": rec.cls_label, "det_probs": p.det_probs, "cls_probs": p.cls_probs}
+  if tokens.task_has_masks(rec.task):
+    true = _true_masks(rec, store)
+    pred = _paired(p.artifact_masks, true)
+    inter = (pred & true).reshape(len(true), -1).sum(1)
+    union = (pred | true).reshape(len(true), -1).sum(1)
+    row.update(num_pred_masks=len(p.artifact_masks), mask_inter=inter.tolist(), mask_union=union.tolist())
+  return row
+
+
+def score(rows: list[dict], store: MaskStore | None = None) -> dict[str, dict]:
+  """Per-task metrics from prediction rows (mask scores from their stored counts)."""
+  by_task: dict[str, list[dict]] = defaultdict(list)
+  for r in rows:
+    by_task[r["task"]].append(r)
+  out: dict[str, dict] = {}
+  for task, rs in by_task.items():
+    kind, m = tokens.task_kind(task), {"num_samples": len(rs)}
+    if kind == "det":
+      m.update(M.detection_scores([_or_wrong(report.parse_det(r["prediction"]), r["det_label"], 2)
+                                   for r in rs], [r["det_label"] for r in rs]))
+    elif kind == "cls":
+      k = len(tokens.CLS_CLASSES)
+      m.update(M.classification_scores([_or_wrong(report.parse_cls(r["prediction"]), r["cls_label"], k)
+                                        for r in rs], [r["cls_label"] for r in rs], k))
+    if kind in ("toe", "age"):
+      m.update(M.caption_scores([tokens.strip_markers(r["prediction"]) or "." for r in rs],
+                                [[tokens.strip_markers(r["reference"])] for r in rs]))
+    if kind in ("loc", "age"):
+      m.update(_mask_scores_from_counts(rs))
+    out[task] = m
+  return out
+
+
+def _or_wrong(pred: int, true: int, k: int) -> int:
+  """An answer that names no class (-1) is scored as a wrong one, never skipped."""
+  return pred if pred >= 0 else (true + 1) % k
+
+
+def _mask_scores_from_counts(rs: list[dict]) -> dict:
+  """mIoU / gIoU / cIoU (metrics.mask_scores' definitions) from per-mask counts."""
+  per_sample, ious, inter_sum, union_sum = [], [], 0, 0
+  for r in rs:
+    i, u = np.asarray(r["mask_inter"]), np.asarray(r["mask_union"])
+    iou = np.where(u > 0, i / np.maximum(u, 1), 1.0)
+    per_sample.append(float(iou.mean()))
+    ious.extend(iou.tolist())
+    inter_sum, union_sum = inter_sum + int(i.sum()), union_sum + int(u.sum())
+  return {"mIoU": float(np.mean(per_sample)), "gIoU": float(np.mean(ious)),
+          "cIoU": inter_sum / union_sum if union_sum else 1.0}
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def _bar(total: int, enabled: bool):
+  from tqdm import tqdm
+  return tqdm(total=total, desc="eval", unit="sample", disable=not enabled)

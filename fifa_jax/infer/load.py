@@ -1,0 +1,87 @@
+"""Load a trained FiFa-MLLM for inference or evaluation, on the CPU or any device.
+
+`--checkpoint` may be
+  * a training run's workdir (`config.yaml` + `checkpoints/<step>/`; the newest
+    finished step is used) or one step folder `WORKDIR/checkpoints/<step>`;
+  * a fifa-jax model folder written by `fifa convert model` (`fifa_jax.json` + `state/`).
+The tokenizer is the run's (`model.tokenizer` in its config; the offline demo
+tokenizer when unset) unless one is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from fifa_jax import tokens
+from fifa_jax.models.fifa import FiFaConfig, FiFaMLLM
+
+
+class CheckpointError(FileNotFoundError):
+  """No usable checkpoint at the given path; the message says what was looked for."""
+
+
+@dataclasses.dataclass
+class Loaded:
+  config: FiFaConfig
+  model: FiFaMLLM
+  tokenizer: object
+  source: str  # what was loaded, for reports
+  step: int | None = None
+
+
+def _run_dir_and_step(path: Path) -> tuple[Path, int | None] | None:
+  if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+    return path, None
+  if path.name.isdigit() and path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file():
+    return path.parent.parent, int(path.name)
+  return None
+
+
+def load(path: str | Path, tokenizer: str | None = None) -> Loaded:
+  """The model, its config and tokenizer from a checkpoint path (see module doc)."""
+  path = Path(path)
+  if not path.exists():
+    raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+  run = _run_dir_and_step(path)
+  if run is not None:
+    return _load_run(*run, tokenizer)
+  if (path / "fifa_jax.json").is_file():
+    from fifa_jax.convert import fifa as convert_fifa
+
+    tok = tokens.load_tokenizer(tokenizer)
+    config, model = convert_fifa.restore(path)
+    return Loaded(config, model, tok, source=str(path))
+  raise CheckpointError(
+      f"{str(path)!r} is not a checkpoint: expected a training workdir (config.yaml and checkpoints/), "
+      "a step folder WORKDIR/checkpoints/<step>, or a `fifa convert model` folder (fifa_jax.json)")
+
+
+def _load_run(run: Path, step: int | None, tokenizer: str | None) -> Loaded:
+  from fifa_jax import config as config_lib
+  from fifa_jax.train import checkpoint, optim
+  from fifa_jax.train import state as state_lib
+
+  cfg = config_lib.load(run / "config.yaml")
+  tok = tokens.load_tokenizer(tokenizer or cfg.model.tokenizer)
+  fcfg = state_lib.model_config(cfg, tok)
+  ckpts = run / "checkpoints"
+  if step is None:  # the newest finished step (a save in progress has a temporary name)
+    steps = [int(d.name) for d in ckpts.iterdir() if d.name.isdigit() and (d / "state").is_dir()]
+    if not steps:
+      raise CheckpointError(f"{run}: no finished checkpoint in {ckpts}")
+    step = max(steps)
+  saved = checkpoint.load_params(ckpts, step, parts=("params", "frozen", "rest"))
+  abstract = nnx.eval_shape(lambda: FiFaMLLM(fcfg, rngs=nnx.Rngs(0)))
+  graphdef, *parts = state_lib.split(abstract, optim.trainable_filter(cfg.model.train_embeddings))
+  for part, name in zip(parts, ("params", "frozen", "rest")):
+    # RNG streams are saved as raw key data; everything else as saved.
+    values = jax.tree.map(
+        lambda a, v: jax.random.wrap_key_data(v) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+        else v, nnx.to_pure_dict(part), saved[name])
+    nnx.replace_by_pure_dict(part, values)
+  model = state_lib.merge(graphdef, *parts)
+  return Loaded(fcfg, model, tok, source=f"{run} (step {step})", step=step)
