@@ -1,4 +1,4 @@
-"""`fifa train` end to end in subprocesses: the loss falls; SIGTERM saves and exits 143;
+"""`fifa train` end to end in subprocesses (with gradient accumulation): the loss falls; SIGTERM saves and exits 143;
 a SIGKILLed run resumed ends with parameters bit-equal to an uninterrupted run."""
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ def fifa_train(env, workdir, signal_at=None):
     e["FIFA_DEBUG_SIGNAL"] = signal_at
   cmd = [sys.executable, "-m", "fifa_jax.cli", "train", "--config", str(REPO / "configs/tiny_cpu.yaml"),
          "--workdir", str(workdir), "--set", f"data.root={root}", "--set", f"train.steps={STEPS}",
-         "--set", "checkpoint.every=2", "--set", "train.log_every=1", "--set", "train.progress=false"]
+         "--set", "checkpoint.every=2", "--set", "train.log_every=1", "--set", "train.progress=false",
+         # Gradient accumulation on (2 micro-batches of 4): exact resume holds through it too.
+         "--set", "train.grad_accum=2"]
   return subprocess.run(cmd, env=e, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
