@@ -290,7 +290,8 @@ def evaluate(
 def infer(
     checkpoint: str = typer.Option(..., help="Training workdir, WORKDIR/checkpoints/<step>, or a `fifa convert model` folder."),
     image: str = typer.Option(..., help="Face image (any format OpenCV reads)."),
-    task: str = typer.Option(..., help="det, cls, i-loc, r-loc, b-loc, i-toe, r-toe, b-toe, i-age, r-age or b-age."),
+    task: str = typer.Option(..., help="det, cls, i-loc, r-loc, b-loc, i-toe, r-toe, b-toe, i-age, r-age, b-age, "
+                                       "or all (one batch; needs --region and --box; writes OUT/<task>/)."),
     out: str = typer.Option(..., help="Folder for answer.json and overlay.png."),
     region: Optional[str] = typer.Option(None, help="FICT concept, for r- tasks."),
     box: Optional[str] = typer.Option(None, help="x1,y1,x2,y2 in image pixels, for b- tasks."),
@@ -303,16 +304,18 @@ def infer(
   from fifa_jax.infer import run as infer_run
 
   try:
-    result = infer_run.run(checkpoint, image, task.lower(), out, region=region,
-                           box=infer_run.parse_box(box), tokenizer=tokenizer,
-                           max_new_tokens=max_new_tokens)
+    results = infer_run.run(checkpoint, image, task.lower(), out, region=region,
+                            box=infer_run.parse_box(box), tokenizer=tokenizer,
+                            max_new_tokens=max_new_tokens)
   except (predict.QueryError, load_lib.CheckpointError) as e:
     typer.echo(f"fifa infer: error: {e}", err=True)
     raise typer.Exit(code=2)
-  typer.echo(result["answer"])
-  for g in result["grounded"]:
-    typer.echo(f"  [SEG] {g['phrase']!r} -> {g['concept']}: {g['area']} px, score {g['score']:.2f}")
-  typer.echo(f"det: fake {result['det_probs']['fake']:.3f}; wrote {out}/answer.json and {out}/overlay.png")
+  for result in results:
+    where = f"{out}/{result['task']}" if task.lower() == "all" else out
+    typer.echo(f"[{result['task']}] {result['answer']}")
+    for g in result["grounded"]:
+      typer.echo(f"  [SEG] {g['phrase']!r} -> {g['concept']}: {g['area']} px, score {g['score']:.2f}")
+    typer.echo(f"  det head: fake {result['det_probs']['fake']:.3f}; wrote {where}/answer.json and overlay.png")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ tokenizer when unset) unless one is given.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import jax
@@ -74,7 +75,13 @@ def _load_run(run: Path, step: int | None, tokenizer: str | None) -> Loaded:
     if not steps:
       raise CheckpointError(f"{run}: no finished checkpoint in {ckpts}")
     step = max(steps)
-  saved = checkpoint.load_params(ckpts, step, parts=("params", "frozen", "rest"))
+  absl = logging.getLogger("absl")  # orbax warns that a step has no _CHECKPOINT_METADATA: harmless
+  level = absl.level
+  absl.setLevel(logging.ERROR)
+  try:
+    saved = checkpoint.load_params(ckpts, step, parts=("params", "frozen", "rest"))
+  finally:
+    absl.setLevel(level)
   abstract = nnx.eval_shape(lambda: FiFaMLLM(fcfg, rngs=nnx.Rngs(0)))
   graphdef, *parts = state_lib.split(abstract, optim.trainable_filter(cfg.model.train_embeddings))
   for part, name in zip(parts, ("params", "frozen", "rest")):

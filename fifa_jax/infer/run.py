@@ -51,24 +51,35 @@ def answer_json(query: predict.Query, pred: predict.Prediction, source: str, ima
 
 def run(checkpoint: str, image: str, task: str, out: str, region: str | None = None,
         box: tuple[float, ...] | None = None, tokenizer: str | None = None,
-        max_new_tokens: int = 128) -> dict:
-  """Validate everything cheap first (image, task, region, box), then load and ask."""
+        max_new_tokens: int = 128) -> list[dict]:
+  """Validate everything cheap first (image, task, region, box), then load and ask.
+
+  `task="all"` asks the 11 tasks in one batch (R- tasks about `region`, B- tasks
+  about `box`, both then required) and writes OUT/<task>/; one task writes OUT/.
+  """
   rgb = predict.read_image(image)
-  query = predict.Query(rgb, task, region=region, box=box)
-  query.validate()
+  names = tokens.TASKS if task == "all" else (task,)
+  queries = [predict.Query(rgb, t, region=region if tokens.task_level(t) == "region" else None,
+                           box=box if tokens.task_level(t) == "box" else None) for t in names]
+  if task != "all":
+    queries = [predict.Query(rgb, task, region=region, box=box)]
+  for q in queries:
+    q.validate()
   loaded = load_lib.load(checkpoint, tokenizer)
-  pred = predict.predict(loaded, [query], max_new_tokens=max_new_tokens)[0]
-  result = answer_json(query, pred, loaded.source, str(image))
-  out_dir = Path(out)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  tmp = out_dir / f".answer.json.{os.getpid()}.tmp"
-  tmp.write_text(json.dumps(result, indent=1))
-  os.replace(tmp, out_dir / "answer.json")
-  title = f"{tokens.TASK_NAMES[task]}" + (f"  region: {region}" if region else "")
-  picture = overlay.draw_overlay(rgb, pred.artifact_masks, pred.phrases, title=title,
-                                 text=tokens.strip_markers(pred.text), box=box)
-  overlay.save_png(out_dir / "overlay.png", picture)
-  return result
+  results = []
+  for q, pred in zip(queries, predict.predict(loaded, queries, max_new_tokens=max_new_tokens)):
+    result = answer_json(q, pred, loaded.source, str(image))
+    out_dir = Path(out) / q.task if task == "all" else Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".answer.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out_dir / "answer.json")
+    title = tokens.TASK_NAMES[q.task] + (f"  region: {q.region}" if q.region else "")
+    picture = overlay.draw_overlay(rgb, pred.artifact_masks, pred.phrases, title=title,
+                                   text=tokens.strip_markers(pred.text), box=q.box)
+    overlay.save_png(out_dir / "overlay.png", picture)
+    results.append(result)
+  return results
 
 
 def parse_box(text: str | None) -> tuple[float, ...] | None:
