@@ -318,6 +318,12 @@ def infer(
     typer.echo(f"  det head: fake {result['det_probs']['fake']:.3f}; wrote {where}/answer.json and overlay.png")
 
 
+# `fifa convert farl|llama|sam|model|peft` (issue 6) live in fifa_jax/convert/cli.py.
+from fifa_jax.convert.cli import register as _register_convert  # noqa: E402
+
+_register_convert(convert_app)
+
+
 def main() -> None:
   app(prog_name="fifa")
 

@@ -19,7 +19,13 @@ def run(*args, env=None):
 def test_help_lists_every_subcommand():
   r = run("--help")
   assert r.returncode == 0
-  for cmd in ("prep", "data", "train", "eval", "infer", "convert", "fict"):
+  for cmd in ("prep", "data", "train", "eval", "infer", "convert", "fict", "params"):
+    assert cmd in r.stdout
+  r = run("convert", "--help")
+  for cmd in ("farl", "llama", "sam", "model", "peft"):
+    assert cmd in r.stdout
+  r = run("data", "--help")
+  for cmd in ("synth", "build", "stats", "show", "adapt"):
     assert cmd in r.stdout
 
 
