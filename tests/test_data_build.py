@@ -4,11 +4,9 @@ explainer against a loopback server (retries, cache, rejected summaries)."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
 import shutil
-import threading
 
 import cv2
 import numpy as np
@@ -16,6 +14,7 @@ import pytest
 
 from data_prep import artifacts, bage, regions, store
 from fifa_jax import fict, tokens
+from llm_server import LoopbackLLM
 from fifa_jax.data import build as B
 from fifa_jax.data import records as R
 from fifa_jax.data import show as S
@@ -189,51 +188,30 @@ def test_stats_table_and_show(built, tmp_path):
 # The LLM explainer against a loopback OpenAI-compatible server
 
 
-class _LLMServer:
+class _LLMServer(LoopbackLLM):
   """Answers Step 3 with one line per concept and Step 4 with a tagged summary; every
   distinct prompt fails once (HTTP 500) first; summaries naming `poison` lose a tag."""
 
   def __init__(self, poison: str):
-    self.calls, self.seen, outer = 0, {}, self
+    self.seen: dict[str, int] = {}
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-      def log_message(self, *a):
-        pass
+    def respond(body):
+      key = json.dumps(body["messages"])
+      self.seen[key] = self.seen.get(key, 0) + 1
+      if self.seen[key] == 1:
+        return 500, ""
+      content = body["messages"][0]["content"]
+      if isinstance(content, list):  # Step 3: text + two images
+        text = content[0]["text"]
+        concepts = text.split("MUST be discussed:\n\n")[1].split("\n\nPlease analyze")[0].split("\n")
+        return 200, "\n".join(f"{c}: shows a blending seam." for c in concepts)
+      # Step 4: "Index Numbers" of the final input
+      lines = content.rsplit("Index Numbers", 1)[1].strip().splitlines()
+      idx = [re.match(r"\s*(.+): (\d+)$", ln).groups() for ln in lines]
+      parts = [f"The {c}" if c == poison else f"The <{i}> {c} </{i}> looks smeared." for c, i in idx]
+      return 200, "Summary:\n " + " ".join(parts)
 
-      def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        outer.calls += 1
-        key = json.dumps(body["messages"])
-        outer.seen[key] = outer.seen.get(key, 0) + 1
-        if outer.seen[key] == 1:
-          self.send_response(500)
-          self.send_header("Retry-After", "0")
-          self.end_headers()
-          return
-        content = body["messages"][0]["content"]
-        if isinstance(content, list):  # Step 3: text + two images
-          text = content[0]["text"]
-          concepts = text.split("MUST be discussed:\n\n")[1].split("\n\nPlease analyze")[0].split("\n")
-          reply = "\n".join(f"{c}: shows a blending seam." for c in concepts)
-        else:  # Step 4: "Index Numbers" of the final input
-          lines = content.rsplit("Index Numbers", 1)[1].strip().splitlines()
-          idx = [re.match(r"\s*(.+): (\d+)$", ln).groups() for ln in lines]
-          parts = [f"The {c}" if c == poison else f"The <{i}> {c} </{i}> looks smeared." for c, i in idx]
-          reply = "Summary:\n " + " ".join(parts)
-        data = json.dumps({"choices": [{"message": {"content": reply}}],
-                           "usage": {"prompt_tokens": 7, "completion_tokens": 5}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-    threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-  def close(self):
-    self.httpd.shutdown()
+    super().__init__(respond)
 
 
 def test_llm_explainer_retries_caches_and_rejects_bad_tags(tmp_path, monkeypatch):
@@ -249,7 +227,7 @@ def test_llm_explainer_retries_caches_and_rejects_bad_tags(tmp_path, monkeypatch
     s = B.build(src, ann, out, explainer="llm", images_per_unit=2, progress=False)
     assert s["explainer"] == "llm:test-model"
     assert "retries" in s["explainer_usage"] and "0 failed" in s["explainer_usage"]
-    calls = server.calls
+    calls = len(server.calls)
     assert calls > 0 and all(v == 2 for v in server.seen.values())  # each failed once, then succeeded
     log = (out / "failures.tsv").read_text()
     assert "summary rejected" in log and f"{[poison]!r}) are not tagged" in log  # the reason, per summary
@@ -262,7 +240,7 @@ def test_llm_explainer_retries_caches_and_rejects_bad_tags(tmp_path, monkeypatch
     for p in (out / "units").glob("*.json"):
       p.unlink()
     s2 = B.build(src, ann, out, explainer="llm", images_per_unit=2, progress=False)
-    assert server.calls == calls and s2["counts"] == s["counts"]
+    assert len(server.calls) == calls and s2["counts"] == s["counts"]
     assert "0 requests" in s2["explainer_usage"]
   finally:
     server.close()

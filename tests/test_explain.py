@@ -1,54 +1,32 @@
 """Steps 3-4 explanations: the OpenAI-compatible client against a loopback server
 (retries, cache, resume, usage), summary-tag parsing, the offline explainer."""
 
-import http.server
 import json
-import threading
 
 import pytest
 
 from data_prep import explain as E
+from llm_server import LoopbackLLM
 from fifa_jax import fict, tokens
 
 
-class _Server:
-  """A tiny /v1/chat/completions server: fails the first `fail_first` calls of
-  each distinct prompt with `fail_code`, and always fails prompts containing 'BROKEN'."""
+class _Server(LoopbackLLM):
+  """Fails the first `fail_first` calls of each distinct prompt with `fail_code`, and
+  always fails (503) prompts containing 'BROKEN'; otherwise echoes the prompt's length."""
 
   def __init__(self, fail_first=0, fail_code=500):
-    self.calls, self.fail_first, self.fail_code = [], fail_first, fail_code
     self.seen: dict[str, int] = {}
-    outer = self
 
-    class H(http.server.BaseHTTPRequestHandler):
-      def log_message(self, *a):
-        pass
+    def respond(body):
+      text = json.dumps(body["messages"])
+      n = self.seen[text] = self.seen.get(text, 0) + 1
+      if "BROKEN" in text:
+        return 503, ""
+      if n <= fail_first:
+        return fail_code, ""
+      return 200, f"echo {len(text)}"
 
-      def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        text = json.dumps(body["messages"])
-        outer.calls.append((self.path, self.headers.get("Authorization"), body))
-        n = outer.seen[text] = outer.seen.get(text, 0) + 1
-        if "BROKEN" in text or n <= outer.fail_first:
-          self.send_response(outer.fail_code if "BROKEN" not in text else 503)
-          self.send_header("Retry-After", "0")
-          self.end_headers()
-          return
-        reply = {"choices": [{"message": {"role": "assistant", "content": f"echo {len(text)}"}}],
-                 "usage": {"prompt_tokens": 10, "completion_tokens": 3}}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-    threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-  def close(self):
-    self.httpd.shutdown()
+    super().__init__(respond)
 
 
 @pytest.fixture
