@@ -231,3 +231,16 @@ def test_config_is_hashable_and_validates():
   assert hash(cfg) == hash(dataclasses.replace(cfg))
   with pytest.raises(ValueError, match="multiple"):
     LlamaConfig(num_attention_heads=6, num_key_value_heads=4)
+
+
+def test_auto_attention_takes_cudnn_only_on_gpu_in_half_precision(monkeypatch):
+  from fifa_jax.models import llama as L
+
+  cfg = L.LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                      num_attention_heads=1)
+  assert cfg.attention_implementation == "auto"
+  assert L.attention_implementation(cfg) is None  # CPU
+  monkeypatch.setattr(L.jax, "default_backend", lambda: "gpu")
+  assert L.attention_implementation(dataclasses.replace(cfg, dtype="bfloat16")) == "cudnn"
+  assert L.attention_implementation(cfg) is None  # fp32: cuDNN's flash kernel needs half precision
+  assert L.attention_implementation(dataclasses.replace(cfg, attention_implementation="xla")) == "xla"
