@@ -126,12 +126,7 @@ class Landmarker:
     h, w = rgb.shape[:2]
     faces, padded = self._faces(rgb), False
     if not faces and self.pad_retry:
-      p = max(h, w) // 4
-      big = np.full((h + 2 * p, w + 2 * p, 3), 127, np.uint8)
-      big[p:p + h, p:p + w] = rgb
-      faces = self._faces(big)
-      for f in faces:
-        f[:, :2] -= p
+      faces = self._faces_in(rgb, padded=True)
       padded = bool(faces)
     if not faces:
       raise NoFaceError("no face found")
@@ -147,21 +142,27 @@ class Landmarker:
                          f"(max_cut={self.max_cut:.0%})")
     return FaceResult(lm, n_faces=len(faces), cut_fraction=cut, padded=padded)
 
+  def _faces_in(self, rgb: np.ndarray, padded: bool) -> list[np.ndarray]:
+    """Faces in `rgb`, in its own pixels; `padded`: look in a copy with a grey border of a
+    quarter of its size (finds faces that fill or overflow the picture)."""
+    if not padded:
+      return self._faces(rgb)
+    h, w = rgb.shape[:2]
+    p = max(h, w) // 4
+    big = np.full((h + 2 * p, w + 2 * p, 3), 127, np.uint8)
+    big[p:p + h, p:p + w] = rgb
+    faces = self._faces(big)
+    for f in faces:
+      f[:, :2] -= p
+    return faces
+
   def _flip_average(self, rgb: np.ndarray, lm: np.ndarray, padded: bool) -> np.ndarray:
     """Average with the landmarks of the mirrored picture, mirrored back (matched face only)."""
     from data_prep.mesh import MIRROR
     h, w = rgb.shape[:2]
     import cv2
     flipped = cv2.flip(rgb, 1)  # the same pixels as rgb[:, ::-1], 40x faster than numpy's copy
-    if padded:
-      p = max(h, w) // 4
-      big = np.full((h + 2 * p, w + 2 * p, 3), 127, np.uint8)
-      big[p:p + h, p:p + w] = flipped
-      faces = self._faces(big)
-      for f in faces:
-        f[:, :2] -= p
-    else:
-      faces = self._faces(flipped)
+    faces = self._faces_in(flipped, padded)
     best, best_d = None, np.inf
     for f in faces:
       back = f[MIRROR].copy()
