@@ -19,7 +19,6 @@ Timings are medians over --steps steps after warm-up (compile excluded).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import statistics
 import time
@@ -116,7 +115,7 @@ def torch_llm_step(cfg: LlamaConfig, batch: int, seq: int, steps: int, dtype="fl
 
 
 def fifa_step(preset: str, llama: dict, batch: int, seq: int, steps: int, remat: bool = False):
-  from fifa_jax import config as config_lib, mesh as mesh_lib, tokens
+  from fifa_jax import config as config_lib, mesh as mesh_lib
   from fifa_jax.models.fifa import expand_image_tokens
   from fifa_jax.train import metrics as metrics_lib, optim, state as state_lib, step as step_lib
   from fifa_jax.train.losses import LossWeights

@@ -4,9 +4,7 @@ import os
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 
 FIFA = [sys.executable, "-m", "fifa_jax.cli"]
 

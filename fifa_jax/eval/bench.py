@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
