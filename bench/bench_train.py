@@ -31,6 +31,7 @@ from flax import nnx
 
 from fifa_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from fifa_jax.models.lora import TARGETS, LoraConfig
+from fifa_jax.train.losses import text_loss
 
 MID = dict(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
            num_attention_heads=8)
@@ -62,7 +63,7 @@ def jax_llm_step(cfg: LlamaConfig, batch: int, seq: int, steps: int, dtype=jnp.f
   def step(lora, opt, rest, ids):
     def loss_fn(lora):
       logits = nnx.merge(graphdef, lora, rest)(ids)
-      return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:]).mean()
+      return text_loss(logits, ids, jnp.ones_like(ids))  # every token a label, as labels=ids
     loss, g = jax.value_and_grad(loss_fn)(lora)
     upd, opt = tx.update(g, opt, lora)
     return optax.apply_updates(lora, upd), opt, loss

@@ -244,3 +244,29 @@ def test_auto_attention_takes_cudnn_only_on_gpu_in_half_precision(monkeypatch):
   assert L.attention_implementation(dataclasses.replace(cfg, dtype="bfloat16")) == "cudnn"
   assert L.attention_implementation(cfg) is None  # fp32: cuDNN's flash kernel needs half precision
   assert L.attention_implementation(dataclasses.replace(cfg, attention_implementation="xla")) == "xla"
+
+
+@pytest.mark.parametrize("t,chunks", [(16, 2), (16, 4), (15, 2), (8, 1)])
+def test_chunked_causal_attention_equals_dense(t, chunks):
+  """The XLA path skips blocks above the diagonal; it must equal dense causal attention
+  with key padding, with grouped-query heads, for any chunking (odd T falls back to 1)."""
+  from fifa_jax.models.llama import causal_attention
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.standard_normal((3, t, 6, 16)), jnp.float32)
+  k, v = (jnp.asarray(rng.standard_normal((3, t, 2, 16)), jnp.float32) for _ in range(2))
+  key_mask = np.ones((3, t), bool)
+  key_mask[1, :5] = False  # left padding
+  key_mask[2, t - 3:] = False  # right padding
+  key_mask = jnp.asarray(key_mask)
+  real = key_mask[:, :, None, None]  # padding queries see no key; their output is unused
+
+  def ours(q):
+    return jnp.where(real, causal_attention(q, k, v, key_mask, chunks=chunks), 0.0)
+
+  def dense(q):
+    return jnp.where(real, jax.nn.dot_product_attention(
+        q, k, v, mask=key_mask[:, None, None, :], is_causal=True, implementation="xla"), 0.0)
+
+  assert max_diff(ours(q), dense(q)) < 1e-5
+  gq, gr = (jax.grad(lambda q, f=f: (f(q) ** 2).sum())(q) for f in (ours, dense))
+  assert max_diff(gq, gr) < 1e-4

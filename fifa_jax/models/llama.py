@@ -143,6 +143,37 @@ def attention_implementation(cfg: LlamaConfig) -> str | None:
   return "cudnn" if fast and jax.default_backend() == "gpu" else None
 
 
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None,
+                     chunks: int = 2) -> jax.Array:
+  """Causal attention on XLA's path, skipping the blocks above the diagonal.
+
+  q [B, T, N, H], k/v [B, T, K, H] (K divides N), key_mask [B, T] bool or None.
+  Query chunk i attends only to keys [0, (i+1) T/chunks): with 2 chunks a quarter
+  of the score and value matmuls (and their gradients) is never computed.  Logits
+  and softmax are float32 as in `jax.nn.dot_product_attention`.
+  """
+  b, t, n, h = q.shape
+  kv = k.shape[2]
+  if t % chunks:
+    chunks = 1
+  q = q.reshape(b, t, kv, n // kv, h) * jnp.asarray(h ** -0.5, q.dtype)
+  step = t // chunks
+  outs = []
+  for i in range(chunks):
+    lo, hi = i * step, (i + 1) * step
+    logits = jnp.einsum("btkgh,bskh->bkgts", q[:, lo:hi], k[:, :hi],
+                        preferred_element_type=jnp.float32)
+    allowed = jnp.arange(hi)[None, :] <= jnp.arange(lo, hi)[:, None]  # [t, s]
+    allowed = allowed[None, None, None]
+    if key_mask is not None:
+      allowed = allowed & key_mask[:, None, None, None, :hi]
+    logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    outs.append(jnp.einsum("bkgts,bskh->btkgh", probs, v[:, :hi]))
+  out = outs[0] if chunks == 1 else jnp.concatenate(outs, axis=1)
+  return out.reshape(b, t, n, h)
+
+
 class LlamaAttention(nnx.Module):
 
   def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
@@ -165,8 +196,12 @@ class LlamaAttention(nnx.Module):
       cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
       cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
       k, v = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                       implementation=attention_implementation(cfg))
+    impl = attention_implementation(cfg)
+    if is_causal and impl in (None, "xla"):
+      out = causal_attention(q, k, v, None if mask is None else mask[:, 0, 0, :])
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                         implementation=impl)
     out = self.o_proj(out.reshape(b, t, -1), deterministic=deterministic)
     return out, cache_k, cache_v
 

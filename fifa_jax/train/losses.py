@@ -34,9 +34,11 @@ class LossWeights:
 
 def text_loss(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array) -> jax.Array:
   """CE of logits[:, t] against input_ids[:, t+1] where loss_mask[:, t+1] is set."""
-  logits = logits[:, :-1].astype(jnp.float32)
-  targets, mask = input_ids[:, 1:], loss_mask[:, 1:].astype(jnp.float32)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  # Shift the (small) targets, not the [B, T, V] logits: slicing the logits copies
+  # them, forward and backward.  The last position has no target and is masked.
+  targets = jnp.roll(input_ids, -1, axis=1)
+  mask = jnp.roll(loss_mask, -1, axis=1).at[:, -1].set(0).astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
   return (ce * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
