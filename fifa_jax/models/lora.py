@@ -87,8 +87,8 @@ class LoraLinear(nnx.Linear):
       dtype = y.dtype
       h = self.lora_dropout(x, deterministic=deterministic or self.lora.dropout == 0.0)
       h = h.astype(dtype) @ self.lora_a[...].astype(dtype)
-      h = h @ self.lora_b[...].astype(dtype)
-      y = y + (self.lora.scale * h).astype(dtype)
+      h = (h * jnp.asarray(self.lora.scale, dtype)) @ self.lora_b[...].astype(dtype)  # scale the rank-r side
+      y = y + h
     return y.reshape(*lead, y.shape[-1])
 
 
