@@ -51,6 +51,9 @@ class ModelConfig:
   # embeddings and lm_head (needed when new special tokens start untrained).
   train_embeddings: bool = False
   llama: dict[str, Any] = dataclasses.field(default_factory=dict)  # LlamaConfig field overrides
+  # A fifa-jax model folder (`fifa convert model --config <this yaml> --farl ... --llama ...
+  # --sam ... -o DIR`) whose weights start a new run; ignored when the run resumes.
+  init_from: str | None = None
 
 
 @dataclasses.dataclass
@@ -163,6 +166,11 @@ class Config:
     if self.distributed.initialize not in ("auto", "true", "false"):
       raise ConfigError(f"distributed.initialize: {self.distributed.initialize!r} is not one of "
                         "auto/true/false")
+    if m.init_from is not None and "://" not in m.init_from:
+      marker = Path(m.init_from) / "fifa_jax.json"
+      if not marker.exists():
+        raise ConfigError(f"model.init_from: {m.init_from!r} is not a fifa-jax model folder (no "
+                          f"fifa_jax.json); write one with `fifa convert model ... -o DIR`")
     from fifa_jax.models.llama import LlamaConfig
     names = {f.name for f in dataclasses.fields(LlamaConfig)}
     for k in m.llama:

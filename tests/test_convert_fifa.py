@@ -108,3 +108,33 @@ def test_assemble_from_farl_vicuna_sam(model, tmp_path):
   assert "mask_decoder.iou_token.weight" in report["skipped"]
   for _, layer in lora_layers(built):  # adapters start fresh: B = 0
     assert not np.asarray(layer.lora_b[...]).any()
+
+
+def test_assemble_grows_the_vocabulary_with_mean_rows(tmp_path):
+  """Vicuna's 32000 rows -> FiFa's 32005: the checkpoint's rows are kept, the new ones
+  start at the mean row; a checkpoint with more rows than the model is refused."""
+  import dataclasses
+
+  from fifa_jax.models.llama import LlamaForCausalLM
+
+  small = dataclasses.replace(CFG.llama, vocab_size=CFG.llama.vocab_size - 5)
+  llm = LlamaForCausalLM(small, rngs=nnx.Rngs(3))
+  llama_conv.save_hf(llm, tmp_path / "vicuna")
+  built, report = fifa.assemble(CFG, llama_path=tmp_path / "vicuna")
+  assert report["resized"] == {"model.embed_tokens.weight": [small.vocab_size, CFG.llama.vocab_size],
+                               "lm_head.weight": [small.vocab_size, CFG.llama.vocab_size]}
+  for ours, theirs in ((built.llm.model.embed_tokens.embedding, llm.model.embed_tokens.embedding),
+                       (built.llm.lm_head.kernel, llm.lm_head.kernel)):
+    a, b = np.asarray(ours[...]), np.asarray(theirs[...])
+    if ours is built.llm.lm_head.kernel:  # [in, vocab]: rows are columns here
+      a, b = a.T, b.T
+    assert a.shape[0] == CFG.llama.vocab_size
+    np.testing.assert_array_equal(a[:small.vocab_size], b)
+    np.testing.assert_allclose(a[small.vocab_size:], np.repeat(b.mean(0, keepdims=True), 5, 0),
+                               rtol=1e-5, atol=1e-8)
+
+  big = dataclasses.replace(CFG.llama, vocab_size=CFG.llama.vocab_size + 2)
+  llama_conv.save_hf(LlamaForCausalLM(big, rngs=nnx.Rngs(0)), tmp_path / "bigger")
+  with pytest.raises(ConversionError, match=rf"{big.vocab_size} rows but the model's vocabulary "
+                                            rf"is {CFG.llama.vocab_size}"):
+    fifa.assemble(CFG, llama_path=tmp_path / "bigger")

@@ -28,7 +28,9 @@ def _guard(name: str):
     def run(*args, **kwargs):
       from fifa_jax.convert.stream import ConversionError  # noqa: PLC0415
 
-      logging.basicConfig(level=logging.INFO, format="%(message)s")
+      # Our progress at INFO; orbax's and jax's INFO chatter stays out.
+      logging.basicConfig(level=logging.WARNING, format="%(message)s")
+      logging.getLogger("fifa_jax").setLevel(logging.INFO)
       try:
         return fn(*args, **kwargs)
       except (ConversionError, FileNotFoundError, KeyError) as e:
@@ -134,11 +136,15 @@ def register(app: typer.Typer) -> None:
   def model_cmd(src: Optional[Path] = typer.Argument(None, help="Whole-model PyTorch state dict "
                                                      "(folder/.safetensors/.pth) or a fifa-jax 'fifa' folder."),
                 out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-                config: Optional[str] = typer.Option(None, help="paper, tiny or a fifa_config.json "
-                                                     "(default: the one stored with the weights)."),
+                config: Optional[str] = typer.Option(None, help="paper, tiny, a fifa_config.json, or a training "
+                                                     "YAML (the model `fifa train` builds from it, "
+                                                     "tokenizer ids included; default: the one stored "
+                                                     "with the weights)."),
                 farl_path: Optional[Path] = typer.Option(None, "--farl", help="Assemble: FaRL .pth."),
                 llama_path: Optional[Path] = typer.Option(None, "--llama", help="Assemble: HF Vicuna folder."),
                 sam_path: Optional[Path] = typer.Option(None, "--sam", help="Assemble: SAM/GLaMM checkpoint."),
+                overrides: list[str] = typer.Option([], "--set", "-s", help="With a training YAML: a "
+                                                    "dotted override, as in `fifa train` (repeatable)."),
                 dtype: Optional[str] = DTYPE, allow_pickle: bool = ALLOW_PICKLE,
                 quiet: bool = QUIET) -> None:
     """Whole FiFa-MLLM: PyTorch state dict <-> fifa-jax, or assemble from FaRL + Vicuna + SAM."""
@@ -146,7 +152,7 @@ def register(app: typer.Typer) -> None:
     from fifa_jax.convert.stream import ConversionError  # noqa: PLC0415
 
     _fresh_folder(out)
-    cfg = _fifa_config(config)
+    cfg = _fifa_config(config, overrides)
     parts = dict(farl_path=farl_path, llama_path=llama_path, sam_path=sam_path)
     if any(parts.values()):
       if src is not None:
@@ -187,13 +193,17 @@ def register(app: typer.Typer) -> None:
     _say(f"wrote {out}")
 
 
-def _fifa_config(spec: str | None):
+def _fifa_config(spec: str | None, overrides: list[str] | None = None):
+  from fifa_jax.convert.stream import ConversionError  # noqa: PLC0415
+
+  yaml_spec = spec is not None and Path(spec).suffix in (".yaml", ".yml")
+  if overrides and not yaml_spec:
+    raise ConversionError("--set applies to a training YAML given as --config")
   if spec is None:
     return None
   import json  # noqa: PLC0415
 
   from fifa_jax.convert import checkpoint  # noqa: PLC0415
-  from fifa_jax.convert.stream import ConversionError  # noqa: PLC0415
   from fifa_jax.models.fifa import FiFaConfig  # noqa: PLC0415
 
   presets = {"paper": FiFaConfig.paper, "tiny": FiFaConfig.tiny}
@@ -202,4 +212,11 @@ def _fifa_config(spec: str | None):
   path = Path(spec)
   if not path.exists():
     raise ConversionError(f"--config {spec!r}: not a preset ({sorted(presets)}) nor a file")
+  if yaml_spec:  # a training recipe: the model that `fifa train` builds
+    from fifa_jax import config as config_lib  # noqa: PLC0415
+    from fifa_jax.train.state import model_config  # noqa: PLC0415
+    try:
+      return model_config(config_lib.load(path, overrides or []))
+    except config_lib.ConfigError as e:
+      raise ConversionError(f"--config {spec}: {e}") from e
   return checkpoint.config_from_dict(FiFaConfig, json.loads(path.read_text()))

@@ -108,10 +108,13 @@ def assemble(config: FiFaConfig, *, farl_path: str | Path | None = None,
   FaRL -> face encoder, HF Vicuna / GLaMM LLM -> llm (adapters fresh), SAM / GLaMM
   mask decoder -> decoder transformer (+ pixel decoder if it is the SAM variant).
 
-  Returns the model and {"skipped": checkpoint keys not used, "fresh": weights
-  initialised fresh}.
+  The LLM's vocabulary grows to the config's (Vicuna's 32000 rows -> 32005, for
+  FiFa's five special tokens; new rows start at the mean row, see
+  `llama.resize_vocab`).  Returns the model and {"skipped": checkpoint keys not
+  used, "fresh": weights initialised fresh, "resized": {key: [old rows, new rows]}}.
   """
   opened, sources, skipped = [], [], []
+  resized: dict[str, list[int]] = {}
   ignore_rules = []
   model_paths: list[tuple[str, Any]] = []
   try:
@@ -127,6 +130,7 @@ def assemble(config: FiFaConfig, *, farl_path: str | Path | None = None,
       raw = stream.open_source(llama_path, allow_pickle=allow_pickle)
       opened.append(raw)
       src, skip = llama_conv.split_llm(raw)
+      src, resized = llama_conv.resize_vocab(src, config.llama.vocab_size)
       sources.append(src)
       skipped += skip
       ignore_rules.append(llama_conv._tied_extra(config.llama))
@@ -160,7 +164,9 @@ def assemble(config: FiFaConfig, *, farl_path: str | Path | None = None,
   fresh = sorted({"llm LoRA adapters" if p[-1] in ("lora_a", "lora_b") else stream.path_str(p[:2])
                   for p in loaded.fresh})
   log.info("assembled FiFa-MLLM from %s; fresh: %s", [c for c, _ in model_paths], fresh)
-  return loaded.model, {"skipped": skipped + loaded.ignored, "fresh": fresh}
+  if resized:
+    log.info("grew the LLM vocabulary: %s", resized)
+  return loaded.model, {"skipped": skipped + loaded.ignored, "fresh": fresh, "resized": resized}
 
 
 def save(model: FiFaMLLM, path: str | Path) -> Path:

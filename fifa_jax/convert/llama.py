@@ -86,6 +86,45 @@ def split_llm(source: stream.Source) -> tuple[stream.Source, list[str]]:
   return source.rename(keep), skipped
 
 
+VOCAB_KEYS = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def resize_vocab(source: stream.Source, vocab_size: int) -> tuple[stream.Source, dict[str, list[int]]]:
+  """Grow the embedding and lm_head rows to `vocab_size` (Vicuna's 32000 -> FiFa's 32005).
+
+  New rows are the mean of the checkpoint's rows, as transformers'
+  `resize_token_embeddings(mean_resizing=...)` starts them: a new token then begins
+  as an average token instead of a random direction.  Returns the view and
+  {key: [old rows, new rows]} for what was grown.  A checkpoint with more rows than
+  `vocab_size` is an error (its added tokens would be cut off).
+  """
+  grown = {}
+  for key in VOCAB_KEYS:
+    if key not in source:
+      continue
+    rows, dim = source.info[key].shape
+    if rows > vocab_size:
+      raise ConversionError(f"{key!r} has {rows} rows but the model's vocabulary is {vocab_size}: "
+                            f"the checkpoint has more tokens than the config (set the LLM's "
+                            f"vocab_size to at least {rows})")
+    if rows < vocab_size:
+      grown[key] = [rows, vocab_size]
+  if not grown:
+    return source, {}
+
+  def read(key: str) -> np.ndarray:
+    a = source.read(key)
+    if key not in grown:
+      return a
+    mean = a.astype(np.float32).mean(axis=0, keepdims=True).astype(a.dtype)
+    return np.concatenate([a, np.repeat(mean, vocab_size - a.shape[0], axis=0)])
+
+  info = {k: (stream.TensorInfo((vocab_size, i.shape[1]), i.dtype) if k in grown else i)
+          for k, i in source.info.items()}
+  return stream.Source(info, read, source.groups, close=source.close,
+                       metadata=source.metadata), grown
+
+
 def summarise(keys: list[str], depth: int = 2) -> dict[str, int]:
   """{'model.vision_tower': 391, ...}: how many keys per leading component."""
   return dict(Counter(".".join(normalise_key(k).split(".")[:depth]) for k in keys))

@@ -127,9 +127,11 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
     log(f"resumed from {ckpt.directory / str(latest)} (step {latest})")
   else:
     state, data_state, meta = state_lib.init_state(setup, cfg.train.seed, jit=True), None, {}
+    if cfg.model.init_from:
+      state = state_lib.load_initial_weights(setup, state, cfg.model.init_from)
     n_train, n_frozen = state_lib.count(state["params"]), state_lib.count(state["frozen"])
     log(f"initialised FiFa-MLLM ({cfg.model.preset}): {n_train:,} trainable, {n_frozen:,} frozen "
-        f"parameters")
+        f"parameters" + (f"; weights from {cfg.model.init_from}" if cfg.model.init_from else ""))
   start = int(jax.device_get(state["step"]))
   if start >= cfg.train.steps:
     log(f"nothing to do: step {start} >= train.steps {cfg.train.steps}")

@@ -15,6 +15,8 @@ unsharded (what lets the paper-size model start on a pod slice).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -136,3 +138,56 @@ def init_state(setup: Setup, seed: int, jit: bool | None = None) -> dict:
 
 def count(tree) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+def _flat(tree) -> dict[tuple, Any]:
+  return {tuple(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def load_initial_weights(setup: Setup, state: dict, path: str) -> dict:
+  """`state` with its model weights replaced by a fifa-jax model folder's (`model.init_from`).
+
+  The folder (kind "fifa", e.g. from `fifa convert model --farl --llama --sam`) is
+  restored by orbax straight into the run's shardings, so no host holds the whole
+  model.  Its shapes must equal the run's (same LLM, vocabulary and LoRA rank);
+  otherwise every mismatch is named.  The optimizer state stays fresh.
+  """
+  import orbax.checkpoint as ocp  # noqa: PLC0415
+
+  from fifa_jax.convert import checkpoint as folder  # noqa: PLC0415
+  from fifa_jax.convert.stream import WEIGHTS, ConversionError  # noqa: PLC0415
+
+  meta = folder.read_meta(path)
+  if meta["kind"] != "fifa":
+    raise ConversionError(f"model.init_from: {path} holds a {meta['kind']!r} model; a whole "
+                          f"FiFa-MLLM folder is needed (`fifa convert model ... -o DIR`)")
+  saved_cfg = folder.config_from_dict(FiFaConfig, meta["config"])
+  saved = nnx.to_pure_dict(nnx.state(
+      nnx.eval_shape(lambda: FiFaMLLM(saved_cfg, rngs=nnx.Rngs(0))), WEIGHTS))
+  ours = {}
+  for part in ("params", "frozen", "rest"):
+    ours.update({k: (part, v) for k, v in _flat(setup.abstract[part]).items()})
+  problems = []
+  for k, leaf in _flat(saved).items():
+    if k not in ours:
+      problems.append(f"{'.'.join(k)}: in the folder, not in this run's model")
+    elif tuple(ours[k][1].shape) != tuple(leaf.shape):
+      problems.append(f"{'.'.join(k)}: folder {list(leaf.shape)}, run {list(ours[k][1].shape)}")
+  missing = [k for k, (part, _) in ours.items() if part != "rest" and k not in _flat(saved)]
+  problems += [f"{'.'.join(k)}: not in the folder" for k in missing]
+  if problems:
+    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+    raise ConversionError(f"model.init_from {path}: {len(problems)} weight(s) do not fit this run "
+                          f"(build the folder with --config set to this run's YAML):\n  "
+                          + "\n  ".join(problems[:20]) + more)
+  # Restore in the run's dtypes and shardings, then put each leaf in its part of the state.
+  target = jax.tree_util.tree_map_with_path(
+      lambda p, _: ours[tuple(str(getattr(k, "key", k)) for k in p)][1], saved)
+  with ocp.StandardCheckpointer() as ckptr:
+    restored = _flat(ckptr.restore(Path(path).absolute() / "state", target))
+  out = dict(state)
+  for part in ("params", "frozen", "rest"):
+    out[part] = jax.tree_util.tree_map_with_path(
+        lambda p, v: restored.get(tuple(str(getattr(k, "key", k)) for k in p), v), state[part])
+  return out
