@@ -92,6 +92,19 @@ def logical_to_spec(names: Sequence[str | None] | None,
   return P(*out)
 
 
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """Pin an activation's sharding by logical names inside a jit traced under
+  `jax.set_mesh`; a no-op without a mesh (one device, eager code).
+
+  Without it, XLA may carry a weight's feature-axis sharding into the
+  activations and then has to regather them fully before a per-row gather.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, _fit(logical_to_spec(names), x.shape, mesh))
+
+
 def _fit(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
   """Drop sharding on a dimension the mesh axes do not divide evenly."""
   out = []

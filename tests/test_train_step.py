@@ -84,8 +84,11 @@ def test_frozen_llm_weights_have_no_optimizer_state(run):
   assert not set(nnx.to_pure_dict(f)) - {"llm"}
 
 
-def test_eight_devices_match_one(run):
+def test_eight_devices_match_one(run, capfd):
   s8, m8 = train(run, 8)
+  # The step partitions without XLA replicating an activation to reshard it (the
+  # embedding lookup and the <image>/<bbox> splices once did, see mesh.constrain).
+  assert "Involuntary full rematerialization" not in capfd.readouterr().err
   s1, m1 = train(run, 1)
   spec = s8["frozen"]["llm"]["model"]["layers"][0]["mlp"]["up_proj"]["kernel"].sharding.spec
   assert spec == jax.sharding.PartitionSpec("fsdp", "tensor")

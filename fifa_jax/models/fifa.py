@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fifa_jax import mesh as _mesh  # noqa: F401  (turns eager sharding off)
+from fifa_jax import mesh as mesh_lib  # (also turns eager sharding off)
 from fifa_jax.infer import generate as gen
 from fifa_jax.models.box_encoder import BoxEncoder, BoxEncoderConfig
 from fifa_jax.models.llama import LlamaConfig, LlamaForCausalLM
@@ -136,11 +136,16 @@ def _nth_true(flags: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
   return pos.astype(jnp.int32), jnp.arange(n)[None, :] < flags.sum(axis=1, keepdims=True)
 
 
+ACTIVATIONS = ("batch", "length", "act_embed")
+
+
 def _splice(embeds: jax.Array, is_slot: jax.Array, feats: jax.Array) -> jax.Array:
   """Replace the k-th flagged position of each row by feats[:, k] (k clipped to the last)."""
   k = jnp.clip(jnp.cumsum(is_slot, axis=1) - 1, 0, feats.shape[1] - 1)
-  picked = jnp.take_along_axis(feats.astype(embeds.dtype), k[..., None], axis=1)
-  return jnp.where(is_slot[..., None], picked, embeds)
+  # Rows on their devices, features whole: the per-row gather then stays local.
+  feats = mesh_lib.constrain(feats.astype(embeds.dtype), ACTIVATIONS)
+  picked = mesh_lib.constrain(jnp.take_along_axis(feats, k[..., None], axis=1), ACTIVATIONS)
+  return jnp.where(is_slot[..., None], picked, mesh_lib.constrain(embeds, ACTIVATIONS))
 
 
 class FiFaMLLM(nnx.Module):

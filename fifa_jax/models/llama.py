@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from fifa_jax import mesh as _mesh  # noqa: F401  (turns eager sharding off)
+from fifa_jax import mesh as _mesh  # (also turns eager sharding off)
 from fifa_jax.models.lora import LoraConfig, LoraLinear
 
 
@@ -271,7 +271,13 @@ class LlamaForCausalLM(nnx.Module):
     return self.forward(input_ids).logits
 
   def embed(self, input_ids: jax.Array) -> jax.Array:
-    return self.model.embed_tokens(input_ids)
+    # FSDP gathers a weight on use: the table's width comes whole (vocab stays split
+    # over "tensor"), so the looked-up rows are sharded by batch like every other
+    # activation.  Looking up from the width-sharded table left them sharded by width,
+    # which XLA could only fix by replicating them (an "involuntary full rematerialization").
+    table = _mesh.constrain(self.model.embed_tokens.embedding[...], ("vocab", None))
+    x = jnp.take(table.astype(jnp.dtype(self.config.dtype)), input_ids, axis=0)
+    return _mesh.constrain(x, ("batch", "length", "act_embed"))
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     if self.lm_head is None:
