@@ -10,8 +10,8 @@ CPU rows:
              doing the same step; the ratio of tokens/s is the headline;
   fifa-tiny  the whole FiFa-MLLM step (tiny preset, configs/tiny_cpu.yaml shapes);
   fifa-mid   the whole FiFa-MLLM step with the llm-mid LLM (ViT, decoders as tiny).
-GPU rows (--gpu): the paper-size FiFa-MLLM step in bf16 (FaRL ViT-B/16 + Vicuna-7B +
-LoRA r128 + SAM decoder) with its MFU from XLA's FLOP count and peak memory, and the
+GPU rows (--gpu): the paper-size FiFa-MLLM step in bf16 (FaRL ViT-B/16 + Vicuna-7B with
+scanned layers + LoRA r128 + SAM decoder) with its MFU from XLA's FLOP count and peak memory, and the
 transformers + peft bf16 Vicuna-7B LoRA step on the same tokens.
 Timings are medians over --steps steps after warm-up (compile excluded).
 """
@@ -183,8 +183,8 @@ def main(argv=None) -> int:
   from fifa_jax.train import metrics as metrics_lib
   peak = metrics_lib.peak_tflops()
   batch, seq = 4, 512
-  t, k, flops, mem = fifa_step("paper", {"attention_implementation": "cudnn"}, batch, seq, a.steps,
-                               remat=True)
+  t, k, flops, mem = fifa_step("paper", {"attention_implementation": "cudnn", "scan_layers": True},
+                               batch, seq, a.steps, remat=True)
   mfu = flops / t / (peak * 1e12) if flops and peak else float("nan")
   print(f"fifa-paper bf16 {batch}x{seq}: {t:.3f} s/step {k:.0f} tok/s, MFU {mfu:.1%}, "
         f"peak memory {mem or float('nan'):.1f} GiB")

@@ -37,6 +37,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("heads", "tensor"),  # q heads * head_dim, fused in the HF layout
     ("kv_heads", "tensor"),
     ("lora_rank", None),
+    ("layers", None),  # the stacked axis of scanned LLM layers
     ("vit_embed", "fsdp"),
     ("vit_mlp", "tensor"),
     ("vit_heads", "tensor"),

@@ -138,3 +138,40 @@ def test_assemble_grows_the_vocabulary_with_mean_rows(tmp_path):
   with pytest.raises(ConversionError, match=rf"{big.vocab_size} rows but the model's vocabulary "
                                             rf"is {CFG.llama.vocab_size}"):
     fifa.assemble(CFG, llama_path=tmp_path / "bigger")
+
+
+def test_whole_model_loads_into_scanned_layers_and_computes_the_same(model, tmp_path):
+  """The same PyTorch state dict loads into a FiFa-MLLM whose LLM scans stacked layers;
+  training outputs and generation (text and masks) equal the unrolled model's, and the
+  export is the same file."""
+  import dataclasses
+
+  from fifa_jax.infer.generate import GenerationConfig
+
+  fifa.save_pth(model, tmp_path / "torch")
+  scan_cfg = dataclasses.replace(CFG, llama=dataclasses.replace(CFG.llama, scan_layers=True))
+  _, scanned = fifa.load_pth(tmp_path / "torch", config=scan_cfg)
+  assert scanned.llm.model.layers.mlp.up_proj.kernel[...].shape[0] == CFG.llama.num_hidden_layers
+
+  rng = np.random.default_rng(0)
+  c = CFG
+  ids = np.asarray([[1, c.image_token_id] + list(rng.integers(3, 90, 10)) + [c.seg_token_id, 5]] * 2,
+                   np.int32)
+  from fifa_jax.models.fifa import expand_image_tokens
+  ids = np.asarray([expand_image_tokens(list(r), c.image_token_id, c.num_image_tokens) for r in ids])
+  pixels = rng.normal(size=(2, c.image_size, c.image_size, 3)).astype(np.float32)
+  a, b = model(ids, pixels), scanned(ids, pixels)
+  for name in ("logits", "mask_logits", "det_logits"):
+    np.testing.assert_allclose(np.asarray(getattr(b, name)), np.asarray(getattr(a, name)),
+                               rtol=0, atol=1e-4, err_msg=name)
+  gcfg = GenerationConfig(max_new_tokens=4, eos_token_ids=())
+  ga, gb = model.generate(ids, pixels, config=gcfg), scanned.generate(ids, pixels, config=gcfg)
+  np.testing.assert_array_equal(np.asarray(gb.tokens), np.asarray(ga.tokens))
+  np.testing.assert_allclose(np.asarray(gb.mask_logits), np.asarray(ga.mask_logits), rtol=0, atol=1e-4)
+
+  fifa.save_pth(scanned, tmp_path / "again")
+  with safe_open(tmp_path / "torch" / "model.safetensors", "np") as f1, \
+       safe_open(tmp_path / "again" / "model.safetensors", "np") as f2:
+    assert sorted(f1.keys()) == sorted(f2.keys())
+    for k in f1.keys():
+      np.testing.assert_array_equal(f1.get_tensor(k), f2.get_tensor(k), err_msg=k)

@@ -12,6 +12,7 @@ SAM and projectors: those other parts are skipped and reported.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -42,7 +43,21 @@ def entries(model: LlamaForCausalLM, *, lora: bool = True) -> list[Entry]:
       return stream.path_str(path[:-1]) + (".lora_A.weight" if path[-1] == "lora_a"
                                            else ".lora_B.weight"), stream.LINEAR
     return stream.torch_like(path, owner)
-  return stream.entries_for(model, name)
+  ents = stream.entries_for(model, name)
+  if not model.config.scan_layers:
+    return ents
+  # Stacked layers: slice i of each leaf is HF's model.layers.i.* tensor.
+  out = []
+  for e in ents:
+    if e.key.startswith(_STACKED):
+      out += [dataclasses.replace(e, key=e.key.replace(_STACKED, f"model.layers.{i}.", 1), index=i)
+              for i in range(model.config.num_hidden_layers)]
+    else:
+      out.append(e)
+  return out
+
+
+_STACKED = "model.layers."
 
 
 def hf_key_to_path(key: str) -> tuple[tuple[str | int, ...], bool]:
@@ -254,17 +269,26 @@ def load_hf_state_dict(model: nnx.Module, state_dict: Mapping[str, Any], *,
 
 def _merged(model: LlamaForCausalLM, tensors: list[stream.OutTensor]) -> list[stream.OutTensor]:
   """Base kernels with their adapter folded in (as lora.merge_lora), model untouched."""
-  layers = {stream.path_str(p) + ".weight": m for p, m in lora_layers(model)}
+  layers = {}
+  for p, m in lora_layers(model):
+    key = stream.path_str(p) + ".weight"
+    if model.config.scan_layers and key.startswith(_STACKED):
+      layers.update({key.replace(_STACKED, f"model.layers.{i}.", 1): (m, i)
+                     for i in range(model.config.num_hidden_layers)})
+    else:
+      layers[key] = (m, None)
   out = []
   for t in tensors:
-    layer = layers.get(t.key)
+    layer, i = layers.get(t.key, (None, None))
     if layer is None:
       out.append(t)
       continue
 
-    def produce(layer: LoraLinear = layer, t=t) -> np.ndarray:
-      k = layer.kernel[...]
-      delta = layer.lora_a[...] @ layer.lora_b[...] * layer.lora.scale
+    def produce(layer: LoraLinear = layer, i=i, t=t) -> np.ndarray:
+      k, a, b = layer.kernel[...], layer.lora_a[...], layer.lora_b[...]
+      if i is not None:
+        k, a, b = k[i], a[i], b[i]
+      delta = a @ b * layer.lora.scale
       return np.ascontiguousarray(np.asarray(k + delta.astype(k.dtype)).T, t.dtype)
     out.append(stream.OutTensor(t.key, t.shape, t.dtype, produce))
   return out

@@ -53,6 +53,7 @@ class Entry:
   key: str  # PyTorch name
   path: tuple  # path in the nnx state
   perm: tuple[int, ...] | None = None  # jax = torch.transpose(perm)
+  index: int | None = None  # the slice [index] of a stacked (scanned-layers) leaf
 
   def to_jax(self, a: np.ndarray) -> np.ndarray:
     return a if self.perm is None else np.transpose(a, self.perm)
@@ -61,6 +62,8 @@ class Entry:
     return a if self.perm is None else np.transpose(a, np.argsort(self.perm))
 
   def torch_shape(self, jax_shape: Sequence[int]) -> tuple[int, ...]:
+    if self.index is not None:
+      jax_shape = tuple(jax_shape)[1:]
     if self.perm is None:
       return tuple(jax_shape)
     return tuple(jax_shape[i] for i in np.argsort(self.perm))
@@ -368,18 +371,45 @@ def load(make: Callable[[], nnx.Module], entries: Callable[[nnx.Module], Sequenc
   flat = abstract_leaves(model)
   ignored = check(ents, source, flat, ignore=ignore)
   by_key = {e.key: e for e in ents}
+  stacks = _Stacks(ents, flat, dtype)
   for group in source.groups:
     for key in group:
       e = by_key.get(key)
       if e is None:
         continue
-      var = flat[e.path]
-      want = np_dtype(dtype if dtype is not None else var.get_value().dtype)
-      var.set_value(to_device(e.to_jax(source.read(key)), want))
+      if e.index is not None:
+        stacks.fill(e, source.read(key))
+      else:
+        var = flat[e.path]
+        want = np_dtype(dtype if dtype is not None else var.get_value().dtype)
+        var.set_value(to_device(e.to_jax(source.read(key)), want))
       if progress:
         progress(1)
   fresh = init_missing(model, make)
   return Loaded(model, ignored, [p for p in fresh if p in flat])
+
+
+class _Stacks:
+  """Host buffers for stacked leaves: slice i of each arrives as its own key; the
+  leaf moves to the device once its last slice is in."""
+
+  def __init__(self, entries: Sequence[Entry], flat: Mapping[tuple, Any], dtype: Any = None):
+    self.flat, self.dtype = flat, dtype
+    self.todo: dict[tuple, int] = {}
+    for e in entries:
+      if e.index is not None:
+        self.todo[e.path] = self.todo.get(e.path, 0) + 1
+    self.bufs: dict[tuple, np.ndarray] = {}
+
+  def fill(self, e: Entry, a: np.ndarray) -> None:
+    var = self.flat[e.path]
+    if e.path not in self.bufs:
+      want = np_dtype(self.dtype if self.dtype is not None else var.get_value().dtype)
+      self.bufs[e.path] = aligned_empty(var.get_value().shape, want)
+    np.copyto(self.bufs[e.path][e.index], e.to_jax(a), casting="unsafe")
+    self.todo[e.path] -= 1
+    if not self.todo[e.path]:
+      var.set_value(jax.device_put(self.bufs.pop(e.path)))
 
 
 def aligned_empty(shape: Sequence[int], dtype: Any, align: int = 64) -> np.ndarray:
@@ -435,7 +465,11 @@ def assign(model: nnx.Module, entries: Sequence[Entry], source: Source, *,
   """Copy `source` into an existing (concrete) model in place, with the same checks."""
   flat = abstract_leaves(model)
   ignored = check(entries, source, flat, ignore=ignore)
+  stacks = _Stacks(entries, flat)
   for e in entries:
+    if e.index is not None:
+      stacks.fill(e, source.read(e.key))
+      continue
     var = flat[e.path]
     var.set_value(jnp.asarray(np.ascontiguousarray(e.to_jax(source.read(e.key))),
                               var.get_value().dtype))
@@ -469,7 +503,8 @@ def export(model: nnx.Module, entries: Sequence[Entry], *, dtype: Any = None) ->
     dt = np_dtype(dtype if dtype is not None else var.get_value().dtype)
 
     def produce(var=var, e=e, dt=dt) -> np.ndarray:
-      return np.ascontiguousarray(e.to_torch(np.asarray(var.get_value())), dt)
+      value = var.get_value() if e.index is None else var.get_value()[e.index]
+      return np.ascontiguousarray(e.to_torch(np.asarray(value)), dt)
 
     out.append(OutTensor(e.key, e.torch_shape(var.get_value().shape), dt, produce))
   return out
@@ -573,7 +608,7 @@ def torch_like(path: tuple, owner: Any) -> tuple[str, tuple | None]:
 
 
 def prefixed(entries: Iterable[Entry], prefix: str, path_prefix: tuple = ()) -> list[Entry]:
-  return [Entry(prefix + e.key, path_prefix + e.path, e.perm) for e in entries]
+  return [dataclasses.replace(e, key=prefix + e.key, path=path_prefix + e.path) for e in entries]
 
 
 @contextlib.contextmanager

@@ -69,8 +69,10 @@ def generate(model: nnx.Module, input_ids: jax.Array | None = None, *,
     attention_mask = jnp.ones(prompt.shape[:2], jnp.int32)
   rng = jax.random.key(0) if rng is None else rng
   graphdef, state = nnx.split(model)
-  return _generate(graphdef, state, input_ids, inputs_embeds, jnp.asarray(attention_mask), rng,
-                   config)
+  # Plain arrays, not Variables: every merge below then builds fresh Variables at its
+  # own trace level, which nnx.scan (scanned LLM layers) requires inside the loop.
+  return _generate(graphdef, nnx.to_pure_dict(state), input_ids, inputs_embeds,
+                   jnp.asarray(attention_mask), rng, config)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6))

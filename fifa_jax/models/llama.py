@@ -44,6 +44,10 @@ class LlamaConfig:
   dtype: str = "float32"  # compute
   param_dtype: str = "float32"
   remat: bool = False  # nnx.remat around each decoder layer
+  # One decoder layer with stacked [L, ...] weights run by a scan: compile time no
+  # longer grows with depth (32 unrolled 7B layers take minutes to compile).
+  # Checkpoint keys stay per layer (model.layers.N.*) either way.
+  scan_layers: bool = False
   attention_implementation: str | None = "auto"  # "auto", None/"xla" or "cudnn"
   lora: LoraConfig | None = None
 
@@ -90,9 +94,10 @@ def vicuna_7b(**overrides) -> LlamaConfig:
 
 @struct.dataclass
 class KVCache:
-  """Per-layer keys/values [B, max_len, kv_heads, head_dim] plus bookkeeping."""
-  k: tuple[jax.Array, ...]
-  v: tuple[jax.Array, ...]
+  """Keys/values [B, max_len, kv_heads, head_dim] per layer (a tuple; one stacked
+  [L, ...] array with `scan_layers`), plus bookkeeping."""
+  k: tuple[jax.Array, ...] | jax.Array
+  v: tuple[jax.Array, ...] | jax.Array
   key_mask: jax.Array  # [B, max_len] bool: slot holds a real (non-pad) token
   index: jax.Array  # int32 scalar: slots written so far (same for every row)
   next_position: jax.Array  # [B] int32: RoPE position of each row's next real token
@@ -248,7 +253,15 @@ class LlamaModel(nnx.Module):
         embedding_init=nnx.with_partitioning(nnx.initializers.normal(cfg.initializer_range),
                                              ("vocab", "embed")),
         rngs=rngs)
-    self.layers = nnx.List([LlamaDecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+    if cfg.scan_layers:
+      @nnx.split_rngs(splits=cfg.num_hidden_layers)
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      def stacked(rngs):
+        return LlamaDecoderLayer(cfg, rngs=rngs)
+      self.layers = stacked(rngs)
+    else:
+      self.layers = nnx.List([LlamaDecoderLayer(cfg, rngs=rngs)
+                              for _ in range(cfg.num_hidden_layers)])
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=jnp.dtype(cfg.param_dtype))
 
 
@@ -288,8 +301,12 @@ class LlamaForCausalLM(nnx.Module):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype if dtype is None else dtype)
     shape = (batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
-    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
-    return KVCache(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers)),
+    if cfg.scan_layers:  # one stacked array per k / v, scanned with the layers
+      k = v = jnp.zeros((cfg.num_hidden_layers, *shape), dtype)
+    else:
+      k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
+      v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
+    return KVCache(k=k, v=v,
                    key_mask=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32),
                    next_position=jnp.zeros((batch,), jnp.int32))
 
@@ -332,19 +349,30 @@ class LlamaForCausalLM(nnx.Module):
     def run_layer(layer, x, cos, sin, mask, k, v, index):
       return layer(x, cos, sin, mask, k, v, index, is_causal=is_causal, deterministic=deterministic)
 
-    if cfg.remat:
-      run_layer = nnx.remat(run_layer)
-
-    new_k, new_v = [], []
-    for i, layer in enumerate(self.model.layers):
-      k, v = (None, None) if cache is None else (cache.k[i], cache.v[i])
-      x, k, v = run_layer(layer, x, cos, sin, mask, k, v, index)
-      new_k.append(k)
-      new_v.append(v)
+    remat = nnx.remat if cfg.remat else (lambda f: f)
+    if cfg.scan_layers and cache is None:
+      def stack_body(layer, x):
+        return run_layer(layer, x, cos, sin, mask, None, None, index)[0]
+      x = nnx.scan(remat(stack_body), in_axes=(0, nnx.Carry), out_axes=nnx.Carry)(
+          self.model.layers, x)
+    elif cfg.scan_layers:
+      def cached_body(layer, x, k, v):
+        return run_layer(layer, x, cos, sin, mask, k, v, index)
+      x, new_k, new_v = nnx.scan(remat(cached_body), in_axes=(0, nnx.Carry, 0, 0),
+                                 out_axes=(nnx.Carry, 0, 0))(self.model.layers, x, cache.k, cache.v)
+    else:
+      run_layer = remat(run_layer)
+      new_k, new_v = [], []
+      for i, layer in enumerate(self.model.layers):
+        k, v = (None, None) if cache is None else (cache.k[i], cache.v[i])
+        x, k, v = run_layer(layer, x, cos, sin, mask, k, v, index)
+        new_k.append(k)
+        new_v.append(v)
+      new_k, new_v = tuple(new_k), tuple(new_v)
     hidden = self.model.norm(x)
 
     if cache is not None:
-      cache = KVCache(k=tuple(new_k), v=tuple(new_v), key_mask=new_key_mask, index=index + t,
+      cache = KVCache(k=new_k, v=new_v, key_mask=new_key_mask, index=index + t,
                       next_position=cache.next_position + real.sum(axis=1, dtype=jnp.int32))
     return LlmOutput(logits=self.logits(hidden), hidden_states=hidden, cache=cache)
 
