@@ -167,10 +167,10 @@ class Config:
       raise ConfigError(f"distributed.initialize: {self.distributed.initialize!r} is not one of "
                         "auto/true/false")
     if m.init_from is not None and "://" not in m.init_from:
-      marker = Path(m.init_from) / "fifa_jax.json"
-      if not marker.exists():
+      from fifa_jax.convert.checkpoint import MARKER, is_checkpoint
+      if not is_checkpoint(m.init_from):
         raise ConfigError(f"model.init_from: {m.init_from!r} is not a fifa-jax model folder (no "
-                          f"fifa_jax.json); write one with `fifa convert model ... -o DIR`")
+                          f"{MARKER}); write one with `fifa convert model ... -o DIR`")
     from fifa_jax.models.llama import LlamaConfig
     names = {f.name for f in dataclasses.fields(LlamaConfig)}
     for k in m.llama:

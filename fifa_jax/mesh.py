@@ -93,6 +93,10 @@ def logical_to_spec(names: Sequence[str | None] | None,
   return P(*out)
 
 
+# [batch, length, width] activations: rows split over data x fsdp, width whole.
+ACTIVATIONS = ("batch", "length", "act_embed")
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Pin an activation's sharding by logical names inside a jit traced under
   `jax.set_mesh`; a no-op without a mesh (one device, eager code).

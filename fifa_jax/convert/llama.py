@@ -43,21 +43,18 @@ def entries(model: LlamaForCausalLM, *, lora: bool = True) -> list[Entry]:
       return stream.path_str(path[:-1]) + (".lora_A.weight" if path[-1] == "lora_a"
                                            else ".lora_B.weight"), stream.LINEAR
     return stream.torch_like(path, owner)
-  ents = stream.entries_for(model, name)
-  if not model.config.scan_layers:
-    return ents
-  # Stacked layers: slice i of each leaf is HF's model.layers.i.* tensor.
-  out = []
-  for e in ents:
-    if e.key.startswith(_STACKED):
-      out += [dataclasses.replace(e, key=e.key.replace(_STACKED, f"model.layers.{i}.", 1), index=i)
-              for i in range(model.config.num_hidden_layers)]
-    else:
-      out.append(e)
-  return out
+  return [dataclasses.replace(e, key=key, index=i)
+          for e in stream.entries_for(model, name) for key, i in _layer_keys(model, e.key)]
 
 
-_STACKED = "model.layers."
+def _layer_keys(model: LlamaForCausalLM, key: str) -> list[tuple[str, int | None]]:
+  """[(key, None)], or with scanned layers, model.layers.* -> HF's model.layers.i.* for
+  each slice i of the stacked leaf."""
+  stacked = "model.layers."
+  if not (model.config.scan_layers and key.startswith(stacked)):
+    return [(key, None)]
+  return [(key.replace(stacked, f"model.layers.{i}.", 1), i)
+          for i in range(model.config.num_hidden_layers)]
 
 
 def hf_key_to_path(key: str) -> tuple[tuple[str | int, ...], bool]:
@@ -269,14 +266,8 @@ def load_hf_state_dict(model: nnx.Module, state_dict: Mapping[str, Any], *,
 
 def _merged(model: LlamaForCausalLM, tensors: list[stream.OutTensor]) -> list[stream.OutTensor]:
   """Base kernels with their adapter folded in (as lora.merge_lora), model untouched."""
-  layers = {}
-  for p, m in lora_layers(model):
-    key = stream.path_str(p) + ".weight"
-    if model.config.scan_layers and key.startswith(_STACKED):
-      layers.update({key.replace(_STACKED, f"model.layers.{i}.", 1): (m, i)
-                     for i in range(model.config.num_hidden_layers)})
-    else:
-      layers[key] = (m, None)
+  layers = {key: (m, i) for p, m in lora_layers(model)
+            for key, i in _layer_keys(model, stream.path_str(p) + ".weight")}
   out = []
   for t in tensors:
     layer, i = layers.get(t.key, (None, None))

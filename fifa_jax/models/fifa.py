@@ -136,16 +136,14 @@ def _nth_true(flags: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
   return pos.astype(jnp.int32), jnp.arange(n)[None, :] < flags.sum(axis=1, keepdims=True)
 
 
-ACTIVATIONS = ("batch", "length", "act_embed")
-
-
 def _splice(embeds: jax.Array, is_slot: jax.Array, feats: jax.Array) -> jax.Array:
   """Replace the k-th flagged position of each row by feats[:, k] (k clipped to the last)."""
   k = jnp.clip(jnp.cumsum(is_slot, axis=1) - 1, 0, feats.shape[1] - 1)
   # Rows on their devices, features whole: the per-row gather then stays local.
-  feats = mesh_lib.constrain(feats.astype(embeds.dtype), ACTIVATIONS)
-  picked = mesh_lib.constrain(jnp.take_along_axis(feats, k[..., None], axis=1), ACTIVATIONS)
-  return jnp.where(is_slot[..., None], picked, mesh_lib.constrain(embeds, ACTIVATIONS))
+  feats = mesh_lib.constrain(feats.astype(embeds.dtype), mesh_lib.ACTIVATIONS)
+  picked = mesh_lib.constrain(jnp.take_along_axis(feats, k[..., None], axis=1),
+                              mesh_lib.ACTIVATIONS)
+  return jnp.where(is_slot[..., None], picked, mesh_lib.constrain(embeds, mesh_lib.ACTIVATIONS))
 
 
 class FiFaMLLM(nnx.Module):

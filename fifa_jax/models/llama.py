@@ -290,7 +290,7 @@ class LlamaForCausalLM(nnx.Module):
     # which XLA could only fix by replicating them (an "involuntary full rematerialization").
     table = _mesh.constrain(self.model.embed_tokens.embedding[...], ("vocab", None))
     x = jnp.take(table.astype(jnp.dtype(self.config.dtype)), input_ids, axis=0)
-    return _mesh.constrain(x, ("batch", "length", "act_embed"))
+    return _mesh.constrain(x, _mesh.ACTIVATIONS)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     if self.lm_head is None:

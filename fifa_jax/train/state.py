@@ -140,9 +140,12 @@ def count(tree) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(tree))
 
 
+def _key(path) -> tuple[str, ...]:
+  return tuple(str(getattr(k, "key", k)) for k in path)
+
+
 def _flat(tree) -> dict[tuple, Any]:
-  return {tuple(str(getattr(k, "key", k)) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  return {_key(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def load_initial_weights(setup: Setup, state: dict, path: str) -> dict:
@@ -169,12 +172,13 @@ def load_initial_weights(setup: Setup, state: dict, path: str) -> dict:
   for part in ("params", "frozen", "rest"):
     ours.update({k: (part, v) for k, v in _flat(setup.abstract[part]).items()})
   problems = []
-  for k, leaf in _flat(saved).items():
+  saved_flat = _flat(saved)
+  for k, leaf in saved_flat.items():
     if k not in ours:
       problems.append(f"{'.'.join(k)}: in the folder, not in this run's model")
     elif tuple(ours[k][1].shape) != tuple(leaf.shape):
       problems.append(f"{'.'.join(k)}: folder {list(leaf.shape)}, run {list(ours[k][1].shape)}")
-  missing = [k for k, (part, _) in ours.items() if part != "rest" and k not in _flat(saved)]
+  missing = [k for k, (part, _) in ours.items() if part != "rest" and k not in saved_flat]
   problems += [f"{'.'.join(k)}: not in the folder" for k in missing]
   if problems:
     more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -182,12 +186,10 @@ def load_initial_weights(setup: Setup, state: dict, path: str) -> dict:
                           f"(build the folder with --config set to this run's YAML):\n  "
                           + "\n  ".join(problems[:20]) + more)
   # Restore in the run's dtypes and shardings, then put each leaf in its part of the state.
-  target = jax.tree_util.tree_map_with_path(
-      lambda p, _: ours[tuple(str(getattr(k, "key", k)) for k in p)][1], saved)
+  target = jax.tree_util.tree_map_with_path(lambda p, _: ours[_key(p)][1], saved)
   with ocp.StandardCheckpointer() as ckptr:
     restored = _flat(ckptr.restore(Path(path).absolute() / "state", target))
   out = dict(state)
   for part in ("params", "frozen", "rest"):
-    out[part] = jax.tree_util.tree_map_with_path(
-        lambda p, v: restored.get(tuple(str(getattr(k, "key", k)) for k in p), v), state[part])
+    out[part] = jax.tree_util.tree_map_with_path(lambda p, v: restored.get(_key(p), v), state[part])
   return out
