@@ -140,8 +140,10 @@ def fifa_step(preset: str, llama: dict, batch: int, seq: int, steps: int, remat:
        "pixels": rng.normal(size=(batch, fcfg.image_size, fcfg.image_size, 3)).astype(np.float32),
        "boxes": np.tile(np.asarray([[[8.0, 8.0, 40.0, 40.0]]], np.float32), (batch, 1, 1)),
        "det_label": np.ones((batch,), np.int32), "cls_label": np.ones((batch,), np.int32),
-       "masks": (rng.random((batch, fcfg.max_segs, 2, hm, wm)) > 0.5).astype(np.float32),
-       "mask_valid": np.arange(fcfg.max_segs)[None].repeat(batch, 0) < 1,
+       # One [SEG] per row (at seq - 4, predicted from seq - 5): a slot each.
+       "masks": (rng.random((batch, 2, hm, wm)) > 0.5).astype(np.float32),
+       "seg_rows": np.arange(batch, dtype=np.int32), "seg_cols": np.full((batch,), seq - 5, np.int32),
+       "seg_valid": np.ones((batch,), bool),
        "task": np.zeros((batch,), np.int32)}
   gb = step_lib.to_global(mesh, b)
   fn = step_lib.make_train_step(setup, LossWeights(), 1, optim.schedule(cfg.optim, 1000))

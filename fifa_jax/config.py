@@ -41,7 +41,7 @@ class ConfigError(ValueError):
 class ModelConfig:
   preset: str = "tiny"  # paper | tiny (fifa_jax.models.fifa.FiFaConfig.<preset>)
   tokenizer: str | None = None  # LLaMA tokenizer folder; None: the offline demo tokenizer
-  max_segs: int | None = None  # [SEG] slots per sample; None: the preset's
+  max_segs: int | None = None  # deprecated, ignored: every [SEG] gets its mask (data.seg_capacity)
   remat: bool = False  # rematerialise each LLM layer in the backward pass
   lora_rank: int = 128
   lora_alpha: float = 256.0
@@ -68,6 +68,10 @@ class DataConfig:
   seed: int = 0
   buckets: list[int] = dataclasses.field(default_factory=lambda: [512, 768, 1024])
   workers: int = 0  # grain worker processes (0: in the main process)
+  # [SEG] slots per global batch (all rows' [SEG]s packed together); None: from the
+  # data (mean + 4 sd of a batch's total); overflow is logged as train/masks_dropped.
+  seg_capacity: int | None = None
+  augment: bool = False  # random crop/scale, small shifts and colour jitter of training images
   worker_buffer: int = 2
 
 

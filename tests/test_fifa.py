@@ -48,15 +48,16 @@ def test_expand_image_tokens():
 
 def test_forward_shapes_splice_and_seg_states(model):
   ids, mask, pixels, boxes = make_batch()
-  out = nnx.jit(lambda m, *a: m(a[0], a[1], boxes=a[2], attention_mask=a[3]))(
+  out = nnx.jit(lambda m, *a: m(a[0], a[1], boxes=a[2], attention_mask=a[3], seg_capacity=8))(
     model, ids, pixels, boxes, mask)
   b, t = ids.shape
   hm, wm = CFG.mask_size
   assert out.logits.shape == (b, t, CFG.llama.vocab_size)
   assert out.det_logits.shape == (b, 2) and out.cls_logits.shape == (b, 5)
-  assert out.mask_logits.shape == (b, CFG.max_segs, 2, hm, wm)
-  # Row 0 has one [SEG]; row 1 has four, of which max_segs = 3 get masks.
-  assert out.seg_valid.tolist() == [[True, False, False], [True, True, True]]
+  assert out.mask_logits.shape == (8, 2, hm, wm)
+  # Row 0 has one [SEG], row 1 four: all five get a slot, row-major, no cap per row.
+  assert out.seg_valid.tolist() == [True] * 5 + [False] * 3
+  assert out.seg_rows[:5].tolist() == [0, 1, 1, 1, 1]
 
   # The spliced embeddings: image feature k at the k-th <image>, the box token at <bbox>.
   image, layers = model.encode_image(pixels)
@@ -71,11 +72,17 @@ def test_forward_shapes_splice_and_seg_states(model):
 
   # Mask slot s comes from the hidden state *before* the s-th [SEG] (LISA's convention).
   hidden = model.llm.forward(inputs_embeds=emb, attention_mask=mask).hidden_states
-  seg_at = np.nonzero(np.asarray(ids[1]) == CFG.seg_token_id)[0][:CFG.max_segs]
-  want = model.decode_masks(image[1:], hidden[1:, seg_at - 1])
-  np.testing.assert_allclose(np.asarray(out.mask_logits[1]), np.asarray(want[0]), atol=1e-4)
+  seg_at = np.nonzero(np.asarray(ids[1]) == CFG.seg_token_id)[0]
+  want = model.decode_masks(image[1:], hidden[1, seg_at - 1], jnp.zeros(len(seg_at), jnp.int32))
+  np.testing.assert_allclose(np.asarray(out.mask_logits[1:5]), np.asarray(want), atol=1e-4)
+  # Each slot reads its own row's image: row 0's slot differs when decoded against row 1's.
+  row0_state = hidden[0, int(np.argmax(np.asarray(ids[0]) == CFG.seg_token_id)) - 1][None]
+  own = model.decode_masks(image, row0_state, jnp.zeros(1, jnp.int32))
+  other = model.decode_masks(image, row0_state, jnp.ones(1, jnp.int32))
+  np.testing.assert_allclose(np.asarray(out.mask_logits[0]), np.asarray(own[0]), atol=1e-4)
+  assert float(jnp.abs(own - other).max()) > 1e-4
   # Region and Artifact masks of one concept differ (different semantic queries).
-  assert float(jnp.abs(out.mask_logits[:, :, 0] - out.mask_logits[:, :, 1]).max()) > 1e-4
+  assert float(jnp.abs(out.mask_logits[:, 0] - out.mask_logits[:, 1]).max()) > 1e-4
 
 
 def test_generate_masks_match_teacher_forcing():
@@ -89,9 +96,11 @@ def test_generate_masks_match_teacher_forcing():
   out = m.generate(ids, pixels, boxes=boxes,
                    config=GenerationConfig(max_new_tokens=n_new, eos_token_ids=()))
   assert out.tokens.shape == (2, n_new) and bool((out.tokens == 0).all())
-  assert out.seg_valid.all() and out.mask_logits.shape == (2, cfg.max_segs, 2, *cfg.mask_size)
+  # Every generated [SEG] gets its mask (2 rows x 4), rows in order.
+  assert out.seg_valid.all() and out.mask_logits.shape == (8, 2, *cfg.mask_size)
+  assert out.seg_rows.tolist() == [0] * 4 + [1] * 4
   full = jnp.concatenate([ids, out.tokens], axis=1)
-  ref = m(full, pixels, boxes=boxes)
+  ref = m(full, pixels, boxes=boxes, seg_capacity=8)
   assert ref.seg_valid.all()
   np.testing.assert_allclose(np.asarray(out.mask_logits), np.asarray(ref.mask_logits), atol=1e-4)
 
@@ -120,22 +129,22 @@ def test_param_counts_full_paper_model():
 
 def _loss(model, ids, mask, pixels, boxes, seg_targets):
   """Text CE (next token, real positions) + mask BCE (valid [SEG] slots)."""
-  out = model(ids, pixels, boxes=boxes, attention_mask=mask)
+  out = model(ids, pixels, boxes=boxes, attention_mask=mask, seg_capacity=8)
   logp = jax.nn.log_softmax(out.logits[:, :-1])
   nll = -jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
   w = mask[:, 1:].astype(jnp.float32)
   text = (nll * w).sum() / w.sum()
   x = out.mask_logits
   bce = jnp.maximum(x, 0) - x * seg_targets + jnp.log1p(jnp.exp(-jnp.abs(x)))
-  v = out.seg_valid[:, :, None, None, None].astype(jnp.float32)
-  return text + (bce * v).sum() / (v.sum() * np.prod(x.shape[2:]))
+  v = out.seg_valid[:, None, None, None].astype(jnp.float32)
+  return text + (bce * v).sum() / (v.sum() * np.prod(x.shape[1:]))
 
 
 def test_sharded_step_equals_single_device():
   model = FiFaMLLM(CFG, rngs=nnx.Rngs(0))
   ids, mask, pixels, boxes = make_batch(b=4, seed=1)
   seg_t = jnp.asarray(np.random.default_rng(2).integers(
-    0, 2, size=(4, CFG.max_segs, 2, *CFG.mask_size)), jnp.float32)
+    0, 2, size=(8, 2, *CFG.mask_size)), jnp.float32)
   batch = (ids, mask, pixels, boxes, seg_t)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 

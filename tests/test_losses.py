@@ -69,17 +69,24 @@ def test_fifa_loss_weights_the_parts_as_appendix_b():
       logits=jnp.asarray(rng.normal(size=(2, 5, 7)), jnp.float32),
       det_logits=jnp.asarray(rng.normal(size=(2, 2)), jnp.float32),
       cls_logits=jnp.asarray(rng.normal(size=(2, 5)), jnp.float32),
-      mask_logits=jnp.asarray(rng.normal(size=(2, 2, 2, 8, 8)), jnp.float32),
-      seg_valid=jnp.asarray([[True, True], [True, False]]))
+      mask_logits=jnp.asarray(rng.normal(size=(4, 2, 8, 8)), jnp.float32),
+      seg_valid=jnp.asarray([True, True, True, False]), seg_rows=jnp.asarray([0, 0, 1, 1]))
   batch = dict(input_ids=jnp.asarray(rng.integers(0, 7, (2, 5))), loss_mask=jnp.ones((2, 5)),
+               attention_mask=jnp.ones((2, 5), jnp.int32), task=jnp.asarray([2, 9]),
                det_label=jnp.asarray([1, -1]), cls_label=jnp.asarray([-1, 3]),
-               masks=jnp.asarray(rng.random((2, 2, 2, 8, 8)) < 0.5),
-               mask_valid=jnp.asarray([[True, False], [True, True]]))
-  total, parts = L.fifa_loss(out, batch)
+               masks=jnp.asarray(rng.random((4, 2, 8, 8)) < 0.5),
+               seg_valid=jnp.asarray([True, False, True, True]))
+  total, parts = L.fifa_loss(out, batch, num_tasks=11)
+  # The per-task sums add up to the batch's parts (each term computed once).
+  pt = parts.pop("per_task")
+  np.testing.assert_allclose(pt["text_sum"].sum() / pt["text_count"].sum(), parts["text"], rtol=1e-6)
+  np.testing.assert_allclose(pt["mask_dice_sum"].sum() / pt["mask_count"].sum(), parts["mask_dice"],
+                             rtol=1e-6)
+  assert pt["mask_count"].tolist()[2] == 2 and pt["mask_count"].tolist()[9] == 2
   w = L.LossWeights()
   want = (parts["text"] + 0.2 * (parts["det"] + parts["cls"]) + 0.5 * parts["mask_bce"]
           + 2.0 * parts["mask_dice"])
   np.testing.assert_allclose(total, want, rtol=1e-6)
   assert (w.text, w.det_cls, w.mask_bce, w.mask_dice) == (1.0, 0.2, 0.5, 2.0)
-  # Only slots valid in both the data and the model count: (0,0) and (1,0), two masks each.
+  # Only slots valid in both the data and the model count: 0 and 2, two masks each.
   assert int(parts["num_masks"]) == 4

@@ -68,7 +68,7 @@ def test_sample_contents(root, layout):
   assert b["input_ids"].shape == b["loss_mask"].shape == b["attention_mask"].shape
   assert b["input_ids"].shape[1] in lay.buckets
   assert b["pixels"].shape == (2, lay.image_size, lay.image_size, 3)
-  assert b["masks"].shape == (2, lay.max_segs, 2, *lay.mask_size)
+  assert b["masks"].shape == (lay.seg_capacity, 2, *lay.mask_size)
   assert b["boxes"].shape == (2, 1, 4) and (b["boxes"][:, 0, 2] > b["boxes"][:, 0, 0]).all()
   assert (b["task"] == tokens.TASKS.index("b-age")).all()
   for i in range(2):
@@ -81,9 +81,13 @@ def test_sample_contents(root, layout):
     assert lm[first:n].all() and not lm[:first].any() and not lm[n:].any()
     assert ids[n - 1] == tok.eos_token_id
     assert "ASSISTANT:" in tok.decode(ids[:first]) and "ASSISTANT" not in tok.decode(ids[first:n])
-    n_seg = int((ids == ids_of[tokens.SEG]).sum())
-    assert b["mask_valid"][i].sum() == min(n_seg, lay.max_segs) > 0
-  # Slot 0's masks are its concept's Region Mask and Regional Artifact Mask, area-downsampled.
+    # Every [SEG] has a slot: row i's slots are its [SEG]s, in order, read one position earlier.
+    seg_at = np.flatnonzero(ids == ids_of[tokens.SEG])
+    mine = b["seg_valid"] & (b["seg_rows"] == i)
+    assert len(seg_at) > 0 and b["seg_cols"][mine].tolist() == (seg_at - 1).tolist()
+  assert not b["masks_dropped"].any()
+  first_of = {i: int(np.flatnonzero(b["seg_valid"] & (b["seg_rows"] == i))[0]) for i in range(2)}
+  # Each row's first slot holds its concept's Region Mask and Regional Artifact Mask, area-downsampled. are its concept's Region Mask and Regional Artifact Mask, area-downsampled.
   src = grain.sources.ArrayRecordDataSource(mixing.task_files(
       "{root}/qa/{split}/{task}-*.array_record", str(root), "train", "b-age"))
   recs = [QARecord.from_bytes(src[j]) for j in range(len(src))]
@@ -94,10 +98,41 @@ def test_sample_contents(root, layout):
     region = pipeline.resize_mask(e.region_mask(r.seg_concepts[0]), lay.mask_size)
     art = pipeline.resize_mask(e.artifact_region_mask(r.seg_concepts[0]), lay.mask_size)
     for i in range(2):
-      if np.allclose(b["masks"][i, 0, 0], region) and np.allclose(b["masks"][i, 0, 1], art):
+      k = first_of[i]
+      if np.allclose(b["masks"][k, 0], region) and np.allclose(b["masks"][k, 1], art):
         found += 1
   assert found >= 1
-  assert 0 < b["masks"][:, 0, 0].mean() < 1 and b["masks"][:, 0, 1].sum() <= b["masks"][:, 0, 0].sum()
+  v = b["seg_valid"]
+  assert 0 < b["masks"][v, 0].mean() < 1 and b["masks"][v, 1].sum() <= b["masks"][v, 0].sum()
+  assert not b["masks"][~v].any()
+
+
+def test_pack_segs_no_cap_per_row_overflow_counted_micro_groups():
+  mk = lambda n, c0: {"seg_cols": np.arange(c0, c0 + n, dtype=np.int32),
+                      "masks": np.full((n, 2, 2, 2), c0, np.float32)}
+  samples = [mk(1, 10), mk(5, 20), mk(0, 30), mk(2, 40)]
+  p = pipeline.pack_segs(samples, 8, 1, (2, 2))
+  assert p["seg_rows"].tolist() == [0, 1, 1, 1, 1, 1, 3, 3]
+  assert p["seg_cols"].tolist() == [10, 20, 21, 22, 23, 24, 40, 41]
+  assert p["seg_valid"].all() and not p["masks_dropped"].any()
+  assert p["masks"][6, 0, 0, 0] == 40
+  # Too few slots: the overflow is counted per row, never silently lost.
+  p = pipeline.pack_segs(samples, 4, 1, (2, 2))
+  assert p["seg_rows"].tolist() == [0, 1, 1, 1] and p["masks_dropped"].tolist() == [0, 2, 0, 2]
+  # Two micro-batches (rows 0, 2 | rows 1, 3): slots grouped, 4 each.
+  p = pipeline.pack_segs(samples, 8, 2, (2, 2))
+  assert p["seg_rows"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+  assert p["seg_valid"].tolist() == [True, False, False, False, True, True, True, True]
+  assert p["masks_dropped"].tolist() == [0, 1, 0, 2]
+
+
+def test_seg_capacity_from_the_data():
+  counts = {"i-loc": np.asarray([50, 40]), "r-loc": np.asarray([2, 3, 4, 3])}
+  cap = pipeline.seg_capacity_for(counts, {"i-loc": 1, "r-loc": 3, "det": 4}, batch=8)
+  assert cap % 8 == 0 and 50 <= cap <= 8 * 50
+  # Mean of a batch: 8 * (1/8 * 45 + 3/8 * 3) = 54; mean + 4 sd lies above it.
+  assert cap > 54
+  assert pipeline.seg_capacity_for({"r-loc": np.asarray([3, 3])}, {"r-loc": 1}, batch=4) == 16
 
 
 def test_labels_and_padding(root, layout):
@@ -107,7 +142,7 @@ def test_labels_and_padding(root, layout):
   assert det.any() and (~det).any()
   assert set(b["det_label"][det]) <= {0, 1} and (b["det_label"][~det] == -1).all()
   assert (b["cls_label"][det] == -1).all() and (b["cls_label"][~det] >= 0).all()
-  assert not b["mask_valid"].any() and not b["boxes"].any()
+  assert not b["seg_valid"].any() and not b["boxes"].any()
   wider = pipeline.pad_to_length(b, 160, 0)
   assert wider["input_ids"].shape[1] == 160 and not wider["attention_mask"][:, b["input_ids"].shape[1]:].any()
 

@@ -20,12 +20,20 @@ Per-sample conventions (what the loss and the model expect):
   are cut at the end (their [SEG]s past the cut lose their masks);
 * boxes [1, 4]: the B- task's box in resized-image pixels, zeros otherwise;
 * det_label / cls_label: the record's, -1 when absent;
-* masks [max_segs, 2, Hm, Wm] at the model's mask size (4x the token grid):
-  slot s is the s-th [SEG]'s atomic concept; channel 0 its Region Mask, channel 1
-  its Regional Artifact Mask.  Downsampled from full resolution by area
-  averaging, so a target pixel is the fraction of it the region covers (soft
-  targets: thin regions such as eyelids do not vanish at 56x56);
-* mask_valid [max_segs]: slots holding a [SEG] that is present in the ids.
+* masks [n, 2, Hm, Wm] at the model's mask size (4x the token grid), one per
+  [SEG] left in the ids: the k-th is the k-th [SEG]'s atomic concept; channel 0
+  its Region Mask, channel 1 its Regional Artifact Mask.  Downsampled from full
+  resolution by area averaging, so a target pixel is the fraction of it the
+  region covers (soft targets: thin regions such as eyelids do not vanish);
+* seg_cols [n]: the position whose hidden state predicts each [SEG].
+
+Collate packs every sample's [SEG]s into one flat list per batch (`seg_rows`,
+`seg_cols`, `seg_valid`, `masks` [S, 2, Hm, Wm]) of `seg_capacity` slots, in
+row-major order, which is how the model reads them (models.fifa.SegSlots).
+The capacity comes from the data (`seg_capacity_for`); [SEG]s beyond it (a
+batch of unusually many) are counted in `masks_dropped`, never silently lost.
+With gradient accumulation the slots are grouped by micro-batch (rows
+i, i+n, ... form micro-batch i), S/n slots each.
 """
 
 from __future__ import annotations
@@ -52,16 +60,18 @@ class Layout:
   """What the model fixes about a batch."""
   image_size: int
   mask_size: tuple[int, int]
-  max_segs: int
   num_image_tokens: int
   buckets: tuple[int, ...]
   tokenizer: str | None = None  # folder; None: the offline demo tokenizer
+  seg_capacity: int = 64  # [SEG] slots per (local) batch, all rows together
+  micro_batches: int = 1  # gradient accumulation: slots grouped per micro-batch
+  augment: bool = False  # random crop/scale and colour jitter of each image (training only)
 
   @classmethod
-  def for_model(cls, fcfg, buckets: Sequence[int], tokenizer: str | None) -> Layout:
+  def for_model(cls, fcfg, buckets: Sequence[int], tokenizer: str | None, **kw) -> Layout:
     return cls(image_size=fcfg.image_size, mask_size=tuple(fcfg.mask_size),
-               max_segs=fcfg.max_segs, num_image_tokens=fcfg.num_image_tokens,
-               buckets=tuple(buckets), tokenizer=tokenizer)
+               num_image_tokens=fcfg.num_image_tokens, buckets=tuple(buckets),
+               tokenizer=tokenizer, **kw)
 
 
 _TOKENIZER_LOCK = threading.Lock()
@@ -143,19 +153,23 @@ class Preprocess:
       boxes[0] = np.asarray(rec.box, np.float32) * np.asarray([sx, sy, sx, sy], np.float32)
 
     hm, wm = lay.mask_size
-    masks = np.zeros((lay.max_segs, 2, hm, wm), np.float32)
-    n_valid = min(int((ids == ids_of[tokens.SEG]).sum()), len(rec.seg_concepts), lay.max_segs)
+    seg_at = np.flatnonzero(ids == ids_of[tokens.SEG])
+    if len(seg_at) > len(rec.seg_concepts):
+      raise ValueError(f"record {rec.record_id}: {len(seg_at)} [SEG]s but "
+                       f"{len(rec.seg_concepts)} concepts")
+    n = len(seg_at)  # a sequence cut at the largest bucket keeps the masks of its [SEG]s only
+    masks = np.zeros((n, 2, hm, wm), np.float32)
     artifact = entry.artifact_mask()
-    for s in range(n_valid):
+    for s in range(n):
       region = entry.region_mask(rec.seg_concepts[s])
       masks[s, 0] = resize_mask(region, (hm, wm))
       masks[s, 1] = resize_mask(region & artifact, (hm, wm))
-    valid = np.arange(lay.max_segs) < n_valid
     return {
         "input_ids": ids, "loss_mask": loss_mask, "pixels": pixels, "boxes": boxes,
         "det_label": np.int32(-1 if rec.det_label is None else rec.det_label),
         "cls_label": np.int32(-1 if rec.cls_label is None else rec.cls_label),
-        "masks": masks, "mask_valid": valid, "task": np.int32(tokens.TASKS.index(rec.task)),
+        "masks": masks, "seg_cols": (seg_at - 1).astype(np.int32),
+        "task": np.int32(tokens.TASKS.index(rec.task)),
     }
 
 
@@ -189,10 +203,40 @@ class Collate:
       n = len(s["input_ids"])
       ids[i, :n], attn[i, :n], lmask[i, :n] = s["input_ids"], 1, s["loss_mask"]
     out = {"input_ids": ids, "attention_mask": attn, "loss_mask": lmask}
-    for k in ("pixels", "boxes", "det_label", "cls_label", "masks", "mask_valid", "task"):
+    for k in ("pixels", "boxes", "det_label", "cls_label", "task"):
       out[k] = np.stack([s[k] for s in samples])
-    out["mask_valid"] = out["mask_valid"].astype(bool)
+    out.update(pack_segs(samples, self.layout.seg_capacity, self.layout.micro_batches,
+                         self.layout.mask_size))
     return out
+
+
+def pack_segs(samples: Sequence[dict], capacity: int, micro_batches: int,
+              mask_size: tuple[int, int]) -> dict[str, np.ndarray]:
+  """Every sample's [SEG]s (`seg_cols`, `masks`) -> one flat list of `capacity` slots.
+
+  Row-major within each micro-batch group (rows g, g+n, ... for group g of n);
+  `masks_dropped` [B] counts, per row, the [SEG]s that found no free slot.
+  """
+  n = micro_batches
+  if capacity % n:
+    raise ValueError(f"seg_capacity {capacity} does not split into {n} micro-batches")
+  per = capacity // n
+  rows = np.zeros(capacity, np.int32)
+  cols = np.zeros(capacity, np.int32)
+  valid = np.zeros(capacity, bool)
+  masks = np.zeros((capacity, 2, *mask_size), np.float32)
+  dropped = np.zeros(len(samples), np.int32)
+  for g in range(n):
+    k = g * per
+    for r in range(g, len(samples), n):
+      m, c = samples[r]["masks"], samples[r]["seg_cols"]
+      take = min(len(c), g * per + per - k)
+      rows[k:k + take], cols[k:k + take], valid[k:k + take] = r, c[:take], True
+      masks[k:k + take] = m[:take]
+      dropped[r] = len(c) - take
+      k += take
+  return {"seg_rows": rows, "seg_cols": cols, "seg_valid": valid, "masks": masks,
+          "masks_dropped": dropped}
 
 
 def pad_to_length(batch: dict[str, np.ndarray], length: int, pad_id: int) -> dict[str, np.ndarray]:
@@ -250,3 +294,42 @@ def iterate(pc: PipelineConfig, layout: Layout, process_index: int = 0, process_
   if state is not None:
     it.set_state(state)
   return it
+
+
+def seg_counts(pc: PipelineConfig) -> dict[str, np.ndarray]:
+  """[SEG]s per record, per task with a positive weight, from the split's shards."""
+  from fifa_jax.data.records import read_qa_records
+  out = {}
+  for task, w in pc.tasks.items():
+    if w > 0 and tokens.task_has_masks(task):
+      files = mixing.task_files(pc.qa_glob, pc.root, pc.split, task)
+      out[task] = np.asarray([tokens.count_segs(r.answer) for f in files for r in read_qa_records(f)],
+                             np.int64)
+  return out
+
+
+def seg_capacity_for(counts: dict[str, np.ndarray], weights: dict[str, float], batch: int,
+                     multiple: int = 8, sigmas: float = 4.0) -> int:
+  """[SEG] slots for a batch of `batch` records mixed by `weights`, from the data.
+
+  The batch's total is a sum of `batch` draws from the task mixture: its mean
+  plus `sigmas` standard deviations (so an overflow, counted in `masks_dropped`,
+  is rare), at least the largest single record, at most every record at the
+  maximum; rounded up to `multiple` (devices x micro-batches).
+  """
+  total = sum(w for w in weights.values() if w > 0)
+  mean = second = 0.0
+  biggest = 0
+  for task, w in weights.items():
+    if w <= 0:
+      continue
+    c = counts.get(task)
+    p = w / total
+    if c is not None and len(c):
+      mean += p * c.mean()
+      second += p * (c.astype(np.float64) ** 2).mean()
+      biggest = max(biggest, int(c.max()))
+  std = max(second - mean * mean, 0.0) ** 0.5
+  need = batch * mean + sigmas * std * batch ** 0.5
+  need = min(max(need, biggest, 1), batch * max(biggest, 1))
+  return int(-(-int(np.ceil(need)) // multiple) * multiple)

@@ -140,6 +140,7 @@ def predict(loaded: Loaded, queries: Sequence[Query], *, max_new_tokens: int = 1
   det, cls = _heads(loaded.model, jnp.asarray(batch["pixels"]))
   toks, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
   logits, valid = np.asarray(out.mask_logits, np.float32), np.asarray(out.seg_valid)
+  seg_rows = np.asarray(out.seg_rows)
   det, cls = np.asarray(det), np.asarray(cls)
   eos = set(gen.eos_token_ids)
   preds = []
@@ -149,9 +150,10 @@ def predict(loaded: Loaded, queries: Sequence[Query], *, max_new_tokens: int = 1
     phrases = tokens.grounded_phrases(text)
     h, w = q.rgb.shape[:2]
     art, reg, scores = [], [], []
-    for s in range(int(valid[i].sum())):
-      prob = _sigmoid(cv2.resize(logits[i, s, 1], (w, h), interpolation=cv2.INTER_LINEAR))
-      region = _sigmoid(cv2.resize(logits[i, s, 0], (w, h), interpolation=cv2.INTER_LINEAR)) > 0.5
+    for s in np.flatnonzero(valid & (seg_rows == i)):  # this row's [SEG]s, in order
+      # Masks at the image's resolution (bilinear logits, then the 0.5 threshold), as LISA.
+      prob = _sigmoid(cv2.resize(logits[s, 1], (w, h), interpolation=cv2.INTER_LINEAR))
+      region = _sigmoid(cv2.resize(logits[s, 0], (w, h), interpolation=cv2.INTER_LINEAR)) > 0.5
       m = prob > 0.5
       art.append(m)
       reg.append(region)

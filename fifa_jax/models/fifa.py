@@ -11,8 +11,12 @@ Static shapes everywhere, so one jit covers every batch:
 - the prompt's single `<image>` is expanded by the collate step to L_I copies
   (`expand_image_tokens`); the k-th copy in a row takes image feature k;
 - the k-th `<bbox>` of a row takes the feature of box k (`boxes` [B, K, 4], padded);
-- [SEG] states are gathered into `max_segs` slots with a validity mask, and the
-  decoder runs B * max_segs * 2 passes (padding included; the loss masks it).
+- every [SEG] of the batch gets its mask: the batch carries a flat list of
+  [SEG] slots (`SegSlots`: row, the position whose state predicts the [SEG],
+  valid), packed by the data pipeline up to a capacity taken from the data,
+  and the decoder runs 2 passes per slot, so its cost follows the number of
+  [SEG]s, not batch x a per-sample cap.  The k-th slot of a row is the row's
+  k-th [SEG], in training (`seg_slots` / the pipeline) and in generation.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from fifa_jax import mesh as mesh_lib  # (also turns eager sharding off)
@@ -51,7 +56,6 @@ class FiFaConfig:
   p_close_token_id: int
   seg_token_id: int
   image_size: int = 224
-  max_segs: int = 8  # [SEG] slots per sample (extra [SEG]s get no mask)
   dtype: str = "float32"  # compute dtype of the projectors
   param_dtype: str = "float32"
 
@@ -100,7 +104,7 @@ class FiFaConfig:
     llama = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                         num_attention_heads=4, lora=LoraConfig(rank=4, alpha=8.0, dropout=0.0))
     kw = dict(vit=vit, box=BoxEncoderConfig.tiny(), llama=llama, decoder=TwoWayConfig.tiny(),
-              pixel=PixelDecoderConfig.tiny(), image_size=vit.image_size, max_segs=3,
+              pixel=PixelDecoderConfig.tiny(), image_size=vit.image_size,
               image_token_id=123, bbox_token_id=124, p_open_token_id=125, p_close_token_id=126,
               seg_token_id=127)
     return cls(**{**kw, **overrides})
@@ -114,26 +118,51 @@ def expand_image_tokens(ids: Sequence[int], image_token_id: int, n: int) -> list
   return out
 
 
+class SegSlots(NamedTuple):
+  """A flat list of [SEG]s over a batch, in row-major order (row 0's first, ...).
+
+  Slot s reads the final hidden state at (rows[s], cols[s]): the position that
+  predicts the [SEG] (as LISA/GLaMM, the state at i predicts token i+1).
+  Padding slots have valid False (and point at (0, 0)).
+  """
+  rows: jax.Array  # [S] int32
+  cols: jax.Array  # [S] int32
+  valid: jax.Array  # [S] bool
+
+
 class FiFaOutput(NamedTuple):
   logits: jax.Array  # [B, T, V] float32 text logits
   det_logits: jax.Array  # [B, det_classes]
   cls_logits: jax.Array  # [B, cls_classes]
-  mask_logits: jax.Array  # [B, max_segs, 2, Hm, Wm]; [..., 0, :, :] Region, [..., 1, :, :] Artifact
-  seg_valid: jax.Array  # [B, max_segs] bool: slot holds a real [SEG]
+  mask_logits: jax.Array  # [S, 2, Hm, Wm] per [SEG] slot; [:, 0] Region, [:, 1] Regional Artifact
+  seg_valid: jax.Array  # [S] bool: slot holds a real [SEG]
+  seg_rows: jax.Array  # [S] int32: the batch row of each slot
 
 
 class FiFaGeneration(NamedTuple):
   tokens: jax.Array  # [B, N] generated ids
   lengths: jax.Array  # [B]
   finished: jax.Array  # [B]
-  mask_logits: jax.Array  # [B, max_segs, 2, Hm, Wm], slot s = the s-th generated [SEG]
-  seg_valid: jax.Array  # [B, max_segs]
+  mask_logits: jax.Array  # [S, 2, Hm, Wm]: one pair per generated [SEG], row-major order
+  seg_valid: jax.Array  # [S] bool (S is rounded up to a power of two; the rest is padding)
+  seg_rows: jax.Array  # [S] int32: the row each mask belongs to
 
 
-def _nth_true(flags: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
-  """Positions of the first `n` True entries per row [B, n], and which exist."""
-  pos = jax.vmap(lambda r: jnp.nonzero(r, size=n, fill_value=0)[0])(flags)
-  return pos.astype(jnp.int32), jnp.arange(n)[None, :] < flags.sum(axis=1, keepdims=True)
+def seg_slots(predicts_seg: jax.Array, capacity: int) -> SegSlots:
+  """The first `capacity` True positions of a [B, T] flag array, row-major, as SegSlots."""
+  b, t = predicts_seg.shape
+  flat = jnp.nonzero(predicts_seg.reshape(-1), size=capacity, fill_value=0)[0].astype(jnp.int32)
+  valid = jnp.arange(capacity) < predicts_seg.sum()
+  return SegSlots(rows=flat // t, cols=flat % t, valid=valid)
+
+
+def predicts_seg(input_ids: jax.Array, seg_token_id: int,
+                 attention_mask: jax.Array | None = None) -> jax.Array:
+  """[B, T] bool: positions whose next token is a real [SEG] (teacher forcing)."""
+  flags = jnp.pad(input_ids[:, 1:] == seg_token_id, ((0, 0), (0, 1)))
+  if attention_mask is not None:
+    flags &= jnp.pad(attention_mask[:, 1:].astype(bool), ((0, 0), (0, 1)))
+  return flags
 
 
 def _splice(embeds: jax.Array, is_slot: jax.Array, feats: jax.Array) -> jax.Array:
@@ -193,16 +222,17 @@ class FiFaMLLM(nnx.Module):
       x = _splice(x, input_ids == c.bbox_token_id, b_feat)
     return x
 
-  def decode_masks(self, image: jax.Array, seg_hidden: jax.Array) -> jax.Array:
-    """I [B, L_I, width], [SEG] states [B, S, D_llm] -> mask logits [B, S, 2, Hm, Wm]."""
+  def decode_masks(self, image: jax.Array, seg_hidden: jax.Array, rows: jax.Array) -> jax.Array:
+    """I [B, L_I, width], [SEG] states [S, D_llm] of batch rows `rows` [S]
+    -> mask logits [S, 2, Hm, Wm] (Region, Regional Artifact), float32."""
     grid = self.config.grid
-    i_in = self.decoder_projector(image)
-    concepts = self.seg_projector(seg_hidden)  # Concept Embeddings E
+    i_in = self.decoder_projector(image)[rows]  # each slot reads its own image's I_in
+    concepts = self.seg_projector(seg_hidden)[:, None]  # Concept Embeddings E [S, 1, D]
     m_out, img_out = self.decoder.segment(i_in, grid, concepts)
-    b, s, two, n, d = img_out.shape
-    pix = self.pixel_decoder(img_out.reshape(b * s * two, n, d), grid)
-    masks = self.pixel_decoder.mask_logits(pix, m_out.reshape(b * s * two, 1, d))
-    return masks.reshape(b, s, two, *masks.shape[-2:])
+    s, _, two, n, d = img_out.shape
+    pix = self.pixel_decoder(img_out.reshape(s * two, n, d), grid)
+    masks = self.pixel_decoder.mask_logits(pix, m_out.reshape(s * two, 1, d))
+    return masks.reshape(s, two, *masks.shape[-2:]).astype(jnp.float32)
 
   def classify(self, image: jax.Array) -> tuple[jax.Array, jax.Array]:
     """I -> (Det. logits [B, 2], Cls. logits [B, n_cls]) from the D and C passes."""
@@ -213,27 +243,28 @@ class FiFaMLLM(nnx.Module):
 
   def __call__(self, input_ids: jax.Array, pixels: jax.Array, *, boxes: jax.Array | None = None,
                attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
+               segs: SegSlots | None = None, seg_capacity: int | None = None,
                deterministic: bool = True) -> FiFaOutput:
     """Teacher-forced pass over a padded batch.
 
     input_ids [B, T] (image tokens already expanded), pixels [B, H, W, 3]
     (CLIP-normalised), boxes [B, K, 4] in pixels, attention_mask [B, T] (1 = real).
+    `segs`: the batch's [SEG] slots (the pipeline packs them with the targets);
+    without them they are found in input_ids, `seg_capacity` slots (default B*T).
     """
     c = self.config
     image, box_layers = self.encode_image(pixels)
     embeds = self.prompt_embeds(input_ids, image, box_layers, boxes, pixels.shape[1:3])
     out = self.llm.forward(inputs_embeds=embeds, attention_mask=attention_mask,
                            positions=positions, deterministic=deterministic)
-    # As LISA/GLaMM: the state at i predicts token i+1, so a [SEG] at i+1 reads position i.
-    predicts_seg = jnp.pad(input_ids[:, 1:] == c.seg_token_id, ((0, 0), (0, 1)))
-    if attention_mask is not None:
-      predicts_seg &= jnp.pad(attention_mask[:, 1:].astype(bool), ((0, 0), (0, 1)))
-    pos, valid = _nth_true(predicts_seg, c.max_segs)
-    seg_hidden = jnp.take_along_axis(out.hidden_states, pos[..., None], axis=1)
+    if segs is None:
+      flags = predicts_seg(input_ids, c.seg_token_id, attention_mask)
+      segs = seg_slots(flags, seg_capacity or flags.size)
+    seg_hidden = out.hidden_states[segs.rows, segs.cols]
     det, cls = self.classify(image)
-    masks = self.decode_masks(image, seg_hidden).astype(jnp.float32)
+    masks = self.decode_masks(image, seg_hidden, segs.rows)
     return FiFaOutput(logits=out.logits, det_logits=det, cls_logits=cls, mask_logits=masks,
-                      seg_valid=valid)
+                      seg_valid=segs.valid, seg_rows=segs.rows)
 
   # -- inference --------------------------------------------------------------
 
@@ -241,22 +272,39 @@ class FiFaMLLM(nnx.Module):
                attention_mask: jax.Array | None = None,
                config: gen.GenerationConfig = gen.GenerationConfig(),
                rng: jax.Array | None = None) -> FiFaGeneration:
-    """Text tokens plus a (Region, Artifact) mask pair for every generated [SEG]."""
-    return _generate(self, input_ids, pixels, boxes, attention_mask, config, rng)
+    """Text tokens plus a (Region, Artifact) mask pair for every generated [SEG].
+
+    Two compiled programs: the text (one per prompt shape), then the masks of
+    however many [SEG]s were written (slots rounded up to a power of two, so a
+    handful of shapes compile), never a fixed cap.
+    """
+    image, out = _generate_text(self, input_ids, pixels, boxes, attention_mask, config, rng)
+    flags = np.asarray(out.token_mask(self.config.seg_token_id))
+    n = int(flags.sum())
+    capacity = 1 << max(n - 1, 0).bit_length()
+    rows, cols = np.nonzero(flags)  # row-major: the k-th slot of a row is its k-th [SEG]
+    pad = capacity - n
+    segs = SegSlots(rows=jnp.asarray(np.pad(rows, (0, pad)), jnp.int32),
+                    cols=jnp.asarray(np.pad(cols, (0, pad)), jnp.int32),
+                    valid=jnp.asarray(np.arange(capacity) < n))
+    masks = _decode_generated(self, image, out.hidden, segs)
+    return FiFaGeneration(tokens=out.tokens, lengths=out.lengths, finished=out.finished,
+                          mask_logits=masks, seg_valid=segs.valid, seg_rows=segs.rows)
 
 
 @nnx.jit(static_argnums=(5,))
-def _generate(model: FiFaMLLM, input_ids, pixels, boxes, attention_mask, config, rng):
-  c = model.config
+def _generate_text(model: FiFaMLLM, input_ids, pixels, boxes, attention_mask, config, rng):
   image, box_layers = model.encode_image(pixels)
   embeds = model.prompt_embeds(input_ids, image, box_layers, boxes, pixels.shape[1:3])
   out = gen.generate(model.llm, inputs_embeds=embeds, attention_mask=attention_mask,
                      config=config, rng=rng)
-  pos, valid = _nth_true(out.token_mask(c.seg_token_id), c.max_segs)
-  seg_hidden = jnp.take_along_axis(out.hidden, pos[..., None], axis=1)
-  masks = model.decode_masks(image, seg_hidden).astype(jnp.float32)
-  return FiFaGeneration(tokens=out.tokens, lengths=out.lengths, finished=out.finished,
-                        mask_logits=masks, seg_valid=valid)
+  return image, out
+
+
+@nnx.jit
+def _decode_generated(model: FiFaMLLM, image, hidden, segs: SegSlots):
+  # hidden[:, n] is the state that predicted tokens[:, n]: for a [SEG], its Concept Embedding.
+  return model.decode_masks(image, hidden[segs.rows, segs.cols], segs.rows)
 
 
 def upsample_masks(mask_logits: jax.Array, size: tuple[int, int]) -> jax.Array:

@@ -65,6 +65,26 @@ def agree_length(batch: dict, pad_id: int) -> dict:
   return pipeline.pad_to_length(batch, n, pad_id)
 
 
+def make_layout(cfg: config_lib.Config, fcfg, mesh, split: str | None = None) -> pipeline.Layout:
+  """The batch layout of a run; the [SEG] capacity from `data.seg_capacity` or the data."""
+  n = cfg.train.grad_accum
+  local_shards = max(1, (mesh.shape["data"] * mesh.shape["fsdp"]) // jax.process_count())
+  multiple = int(np.lcm(8, local_shards)) * n
+  local_batch = cfg.train.batch_size // jax.process_count()
+  capacity = cfg.data.seg_capacity
+  if capacity is None:
+    pc = pipeline_config(cfg, split or cfg.data.split)
+    capacity = pipeline.seg_capacity_for(pipeline.seg_counts(pc), pc.tasks, local_batch, multiple)
+    log(f"[SEG] slots per batch: {capacity} (from the data; set data.seg_capacity to fix it)")
+  elif capacity % multiple:
+    raise config_lib.ConfigError(f"data.seg_capacity {capacity} must be a multiple of {multiple} "
+                                 "(8, the batch's local devices and train.grad_accum)")
+  return pipeline.Layout.for_model(fcfg, cfg.data.buckets, cfg.model.tokenizer,
+                                   seg_capacity=capacity // jax.process_count() if
+                                   cfg.data.seg_capacity else capacity,
+                                   micro_batches=n, augment=cfg.data.augment)
+
+
 class _Compiled:
   """The step compiled once per batch shape (one per length bucket), with its FLOPs."""
 
@@ -114,7 +134,7 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
   pad_id = tok.pad_token_id or 0
   fcfg = state_lib.model_config(cfg, tok)
   setup = state_lib.make_setup(cfg, fcfg, mesh)
-  layout = pipeline.Layout.for_model(fcfg, cfg.data.buckets, cfg.model.tokenizer)
+  layout = make_layout(cfg, fcfg, mesh)
   if jax.process_index() == 0:
     local_dir(workdir).mkdir(parents=True, exist_ok=True)
     (local_dir(workdir) / "config.yaml").write_text(config_lib.dump(cfg))

@@ -52,8 +52,6 @@ def model_config(cfg: Config, tokenizer=None) -> FiFaConfig:
   kw = dict(llama=llama, image_token_id=ids[tokens.IMAGE], bbox_token_id=ids[tokens.BBOX],
             p_open_token_id=ids[tokens.P_OPEN], p_close_token_id=ids[tokens.P_CLOSE],
             seg_token_id=ids[tokens.SEG])
-  if m.max_segs is not None:
-    kw["max_segs"] = m.max_segs
   return dataclasses.replace(base, **kw)
 
 

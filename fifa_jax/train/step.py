@@ -25,47 +25,44 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fifa_jax import mesh as mesh_lib, tokens
 from fifa_jax.train import state as state_lib
-from fifa_jax.train.losses import LossWeights, fifa_loss, mask_losses
+from fifa_jax.models.fifa import SegSlots
+from fifa_jax.train.losses import LossWeights, fifa_loss
 
 NUM_TASKS = len(tokens.TASKS)
 
 
-def per_task_sums(out, batch) -> dict[str, jax.Array]:
-  """Per-task sums and counts ([NUM_TASKS] each) of the loss parts, for per-task metrics."""
-  task = batch["task"]
-  seg = lambda x: jax.ops.segment_sum(x, task, num_segments=NUM_TASKS)
-  logits = out.logits[:, :-1].astype(jnp.float32)
-  tmask = batch["loss_mask"][:, 1:].astype(jnp.float32)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["input_ids"][:, 1:])
-  valid = batch["mask_valid"].astype(bool) & out.seg_valid
-  x = out.mask_logits.astype(jnp.float32)
-  t = batch["masks"].astype(jnp.float32)
-  b, s = valid.shape
-  bce, dice = jax.vmap(jax.vmap(lambda xi, ti: mask_losses(xi, ti, jnp.ones((2,), bool))))(x, t)
-  w = valid.astype(jnp.float32)
-  return {
-      "text_sum": seg((ce * tmask).sum(-1)), "text_count": seg(tmask.sum(-1)),
-      "mask_bce_sum": seg((bce * w).sum(-1) * 2), "mask_dice_sum": seg((dice * w).sum(-1) * 2),
-      "mask_count": seg(w.sum(-1) * 2), "samples": seg(jnp.ones((b,), jnp.float32)),
-      "tokens": seg(batch["attention_mask"].sum(-1).astype(jnp.float32)),
-  }
-
-
 def _forward_loss(setup, weights, params, frozen, rest, batch, deterministic):
   model = state_lib.merge(setup.graphdef, params, frozen, rest)
+  segs = SegSlots(batch["seg_rows"], batch["seg_cols"], batch["seg_valid"])
   out = model(batch["input_ids"], batch["pixels"], boxes=batch["boxes"],
-              attention_mask=batch["attention_mask"], deterministic=deterministic)
-  loss, parts = fifa_loss(out, batch, weights)
-  return loss, (parts, per_task_sums(out, batch), state_lib.rest_state(model, setup.train_filter))
+              attention_mask=batch["attention_mask"], segs=segs, deterministic=deterministic)
+  loss, parts = fifa_loss(out, batch, weights, num_tasks=NUM_TASKS)
+  sums = parts.pop("per_task")
+  return loss, (parts, sums, state_lib.rest_state(model, setup.train_filter))
+
+
+SEG_KEYS = ("seg_rows", "seg_cols", "seg_valid", "masks")
 
 
 def _micro(batch: dict, n: int, mesh) -> dict:
-  """[B, ...] -> [n, B/n, ...] with micro-batch i = rows i, i+n, ... (keeps rows on their device)."""
-  def one(x):
-    y = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
-    spec = P(None, ("data", "fsdp"), *([None] * (x.ndim - 1)))
+  """[B, ...] -> [n, B/n, ...] with micro-batch i = rows i, i+n, ... (keeps rows on their device).
+
+  The [SEG] slots come grouped by micro-batch from each host (pipeline.pack_segs),
+  hosts one after another: [hosts, n, S_host/n] -> [n, S/n], rows renumbered.
+  """
+  def constrain(y):
+    spec = P(None, ("data", "fsdp"), *([None] * (y.ndim - 2)))
     return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
-  return jax.tree.map(one, batch)
+
+  out = {}
+  hosts = jax.process_count()
+  for k, x in batch.items():
+    if k in SEG_KEYS:
+      y = x.reshape(hosts, n, -1, *x.shape[1:]).swapaxes(0, 1).reshape(n, -1, *x.shape[1:])
+      out[k] = constrain(y // n if k == "seg_rows" else y)
+    else:
+      out[k] = constrain(x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1))
+  return out
 
 
 def make_train_step(setup: state_lib.Setup, weights: LossWeights, grad_accum: int = 1,
@@ -91,6 +88,9 @@ def make_train_step(setup: state_lib.Setup, weights: LossWeights, grad_accum: in
       grads = jax.tree.map(lambda g: g / grad_accum, grads)
       loss = losses.mean()
       parts = jax.tree.map(lambda x: x.mean(0), partss)
+      for k in ("num_masks", "masks_dropped"):  # counts add up over the micro-batches
+        if k in partss:
+          parts[k] = partss[k].sum(0)
       sums = jax.tree.map(lambda x: x.sum(0), sumss)
     gnorm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
@@ -133,6 +133,8 @@ def to_global(mesh, batch: dict) -> dict:
   """This host's rows -> global arrays split over data x fsdp (correct on several hosts)."""
   out = {}
   for k, v in batch.items():
+    if k == "seg_rows":  # this host's rows follow the rows of the hosts before it
+      v = v + jax.process_index() * batch["input_ids"].shape[0]
     sharding = mesh_lib.batch_sharding(mesh, v.ndim)
     global_shape = (v.shape[0] * jax.process_count(), *v.shape[1:])
     out[k] = jax.make_array_from_process_local_data(sharding, v, global_shape)
