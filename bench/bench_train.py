@@ -134,14 +134,14 @@ def fifa_step(preset: str, llama: dict, batch: int, seq: int, steps: int, remat:
   body = list(rng.integers(3, 900, seq - fcfg.num_image_tokens - 1))
   row = expand_image_tokens([1, fcfg.image_token_id] + body, fcfg.image_token_id, fcfg.num_image_tokens)
   row[-4] = fcfg.seg_token_id
-  hm, wm = fcfg.mask_size
+  hm = wm = fcfg.image_size  # targets at the image's resolution (the loss upsamples the masks)
   b = {"input_ids": np.tile(np.asarray(row, np.int32), (batch, 1)),
        "attention_mask": np.ones((batch, seq), np.int32), "loss_mask": np.ones((batch, seq), np.int32),
        "pixels": rng.normal(size=(batch, fcfg.image_size, fcfg.image_size, 3)).astype(np.float32),
        "boxes": np.tile(np.asarray([[[8.0, 8.0, 40.0, 40.0]]], np.float32), (batch, 1, 1)),
        "det_label": np.ones((batch,), np.int32), "cls_label": np.ones((batch,), np.int32),
        # One [SEG] per row (at seq - 4, predicted from seq - 5): a slot each.
-       "masks": (rng.random((batch, 2, hm, wm)) > 0.5).astype(np.float32),
+       "masks": (rng.random((batch, 2, hm, wm)) > 0.5).astype(np.uint8),
        "seg_rows": np.arange(batch, dtype=np.int32), "seg_cols": np.full((batch,), seq - 5, np.int32),
        "seg_valid": np.ones((batch,), bool),
        "task": np.zeros((batch,), np.int32)}

@@ -198,8 +198,12 @@ def cmd_synth(a) -> int:
   from data_prep import synth
   if a.n < 3 or (a.n_real is not None and a.n_real < 3):
     raise UsageError("--n and --n-real must be at least 3 (one per split)")
+  if a.max_ops < 1:
+    raise UsageError(f"--max-ops must be at least 1, got {a.max_ops}")
   s = synth.synthesize(a.out, synth.SynthConfig(n=a.n, n_real=a.n_real, size=a.size, seed=a.seed,
-                                                split_by=a.split_by), progress=not a.quiet)
+                                                split_by=a.split_by, max_ops=a.max_ops,
+                                                crop=a.crop),
+                       progress=not a.quiet)
   per = ", ".join(f"{k}: {v['real']} real + {v['fake']} fake" for k, v in s["counts"].items())
   print(f"synth: {per} ({s['size']}x{s['size']}, split by {s['split_by']}) -> {a.out}/manifest.jsonl")
   return 0
@@ -272,6 +276,11 @@ def build_parser():
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--split-by", choices=("auto", "identity", "variant"), default="auto",
                  help="identity: one person per split where the offline faces allow (default when available)")
+  p.add_argument("--max-ops", type=int, default=3,
+                 help="manipulations per fake, drawn from 1..N (default 3; 1 keeps answers short)")
+  p.add_argument("--crop", choices=("loose", "tight"), default="loose",
+                 help="loose: the face fills 1/3-2/3 of the picture (default); tight: 2/3-7/8, "
+                      "as aligned face crops")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(fn=cmd_synth)
 

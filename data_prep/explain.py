@@ -37,6 +37,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fifa_jax import tokens
+
 P_OPEN, P_CLOSE, SEG = "<p>", "</p>", "[SEG]"
 
 # Table 13 (Step 3).  {concept_list} is the artifact-existing Atomic Concepts.
@@ -360,13 +362,8 @@ class OfflineExplainer:
 
   name = "offline-template"
 
-  _ADJ = ("unnaturally smooth", "slightly blurred", "oddly saturated", "patchy", "over-sharpened",
-          "inconsistently lit", "subtly warped", "flat and waxy")
-  _EVIDENCE = ("its texture differs from the surrounding skin",
-               "the boundary shows a faint blending seam",
-               "the shading contradicts the main light source",
-               "fine detail is missing compared with nearby areas",
-               "the colour tone drifts away from the neighbouring regions")
+  _ADJ = tokens.EXPLAIN_ADJECTIVES
+  _EVIDENCE = tokens.EXPLAIN_EVIDENCE
 
   def _pick(self, options: Sequence[str], *keys: Any) -> str:
     h = hashlib.sha256("|".join(map(str, keys)).encode()).digest()
@@ -378,8 +375,7 @@ class OfflineExplainer:
     for c, (ratio, pixels) in stats.items():
       adj = self._pick(self._ADJ, image_id, c)
       ev = self._pick(self._EVIDENCE, image_id, c, "e")
-      extent = "most of" if ratio >= 0.5 else "part of" if ratio >= 0.2 else "a small part of"
-      out[c] = f"Appears {adj} over {extent} the area ({ratio:.0%}, {pixels} px); {ev}."
+      out[c] = tokens.explain_sentence(c, adj, ev, ratio, pixels)
     return out
 
   def summarize(self, descriptions: Mapping[str, str]) -> str:

@@ -94,13 +94,21 @@ def _face_box(lm: np.ndarray) -> tuple[float, float, float, float]:
   return float(x.min()), float(y.min()), float(x.max()), float(y.max())
 
 
-def make_variant(rgb: np.ndarray, lm: np.ndarray, rng: np.random.Generator, size: int) -> tuple[np.ndarray, dict]:
+# Crop side / face size: "loose" shows the face at 1/3 to 2/3 of the picture; "tight"
+# at about 2/3 to 7/8, as aligned face crops (DFFD, FaRL) are, so that small
+# concepts stay several mask pixels wide at a model's low input resolution.
+CROPS = {"loose": (1.5, 3.0), "tight": (1.15, 1.5)}
+
+
+def make_variant(rgb: np.ndarray, lm: np.ndarray, rng: np.random.Generator, size: int,
+                 crop: str = "loose") -> tuple[np.ndarray, dict]:
   """A random crop / scale / rotation / flip / colour variant of a face, size x size."""
   h, w = rgb.shape[:2]
   x0, y0, x1, y1 = _face_box(lm)
   fs = max(x1 - x0, y1 - y0)
   cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-  lo, hi = min(1.5 * fs, min(h, w)), min(3.0 * fs, min(h, w))  # the face fills 1/3 to 2/3
+  f_lo, f_hi = CROPS[crop]
+  lo, hi = min(f_lo * fs, min(h, w)), min(f_hi * fs, min(h, w))
   side = float(rng.uniform(min(lo, hi), hi))
   # Crop centre: jittered, but the face box stays inside where the picture allows.
   jx, jy = rng.uniform(-0.12, 0.12, 2) * side
@@ -282,6 +290,8 @@ class SynthConfig:
   size: int = 256
   seed: int = 0
   split_by: str = "auto"    # "identity" (needs the t1.jpg faces), "variant", or "auto"
+  max_ops: int = 3          # manipulations per fake: 1..max_ops (fewer: shorter AGE answers)
+  crop: str = "loose"       # "loose" or "tight" (CROPS): how much of the picture the face fills
 
 
 def allocate(n: int, splits=SPLITS, frac=(0.7, 0.15, 0.15)) -> list[str]:
@@ -306,10 +316,10 @@ class _Faces:
       except Exception as e:  # noqa: BLE001 - a base without a face is skipped, loudly
         print(f"synth: warning: base face {name} skipped ({e})", file=sys.stderr)
 
-  def variant(self, name: str, rng: np.random.Generator, size: int):
+  def variant(self, name: str, rng: np.random.Generator, size: int, crop: str = "loose"):
     rgb, lm = self.faces[name]
     for _ in range(8):  # a crop can lose the face: try another draw
-      out, info = make_variant(rgb, lm, rng, size)
+      out, info = make_variant(rgb, lm, rng, size, crop)
       try:
         return out, self.lmk.detect(out).landmarks, info
       except Exception:  # noqa: BLE001
@@ -344,7 +354,7 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None, progr
     rng = np.random.default_rng([cfg.seed, 0 if kind == "real" else 1, i])
     bases = by_split[split]
     base = bases[i % len(bases)]
-    rgb, lm, vinfo = faces.variant(base, rng, cfg.size)
+    rgb, lm, vinfo = faces.variant(base, rng, cfg.size, cfg.crop)
     vid = f"{base}#{kind}{i}"
     rel = f"{kind}/{split}/{i:05d}.png"
     item = {"image_id": f"synth-{kind}-{split}-{i:05d}", "image": rel, "split": split,
@@ -357,7 +367,8 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None, progr
     else:
       pool = donors[split] or [(rgb, lm)]
       donor = pool[int(rng.integers(len(pool)))]
-      fake, mask, ops = manipulate(rgb, lm, rng, donor=donor)
+      fake, mask, ops = manipulate(rgb, lm, rng, donor=donor,
+                                   n_ops=int(rng.integers(1, cfg.max_ops + 1)))
       if not mask.any():  # a no-op draw (e.g. blur on a flat patch): force a visible change
         fake, mask, ops2 = manipulate(rgb, lm, rng, donor=None, n_ops=1)
         ops += ops2

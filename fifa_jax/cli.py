@@ -97,12 +97,12 @@ def fict(
 
 @app.command()
 def params(
-    config: str = typer.Option("paper", help="Model preset: paper (FaRL ViT-B/16 + Vicuna-7B) or tiny."),
+    config: str = typer.Option("paper", help="Model preset: paper (FaRL ViT-B/16 + Vicuna-7B), cpu or tiny."),
 ) -> None:
   """Parameter count per FiFa-MLLM component, from shapes only (nothing allocated)."""
   from fifa_jax.models import fifa as fifa_model
 
-  presets = {"paper": fifa_model.FiFaConfig.paper, "tiny": fifa_model.FiFaConfig.tiny}
+  presets = fifa_model.PRESETS
   if config not in presets:
     typer.echo(f"fifa params: unknown --config {config!r}; choose from {sorted(presets)}", err=True)
     raise typer.Exit(code=2)
@@ -186,6 +186,35 @@ def data_stats(
     typer.echo(f"mask check: {res['checked']} Loc./AGE records, {len(res['bad'])} bad")
     if res["bad"]:
       raise typer.Exit(code=1)
+
+
+@data_app.command("subset")
+def data_subset(
+    src: Path = typer.Argument(..., help="a `fifa data build` output folder"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder (masks/, qa/<split>/)"),
+    fakes: int = typer.Option(2, help="fake images to take"),
+    reals: int = typer.Option(1, help="real images to take"),
+    per_task: int = typer.Option(1, help="records per task and image"),
+    max_concepts: Optional[int] = typer.Option(6, help="only fakes whose image-level answer grounds at most "
+                                               "this many concepts (short answers); 0: no limit"),
+    size: Optional[int] = typer.Option(None, help="resize images, masks and boxes to SIZE x SIZE"),
+    split: str = typer.Option("train", help="the split to take records from (and to write)"),
+    archive: Optional[Path] = typer.Option(None, help="also write the subset as one small zip "
+                                           "(fifa_jax.data.subset.from_archive reads it back)"),
+) -> None:
+  """A few images and their records as a build of its own: train on it until the model
+  reproduces them (the overfitting check; docs/learning.md)."""
+  from fifa_jax.data import subset as S
+  try:
+    s = S.subset(src, out, fakes=fakes, reals=reals, per_task=per_task,
+                 max_concepts=max_concepts or None, size=size, split=split)
+  except (FileNotFoundError, ValueError, KeyError) as e:
+    typer.echo(f"fifa data subset: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  if archive:
+    S.to_archive(out, archive)
+  typer.echo(f"{s['total']} records of {len(s['images'])} images ({', '.join(s['images'])}) -> {out}"
+             + (f" and {archive}" if archive else ""))
 
 
 @data_app.command("show")

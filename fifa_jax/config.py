@@ -39,7 +39,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class ModelConfig:
-  preset: str = "tiny"  # paper | tiny (fifa_jax.models.fifa.FiFaConfig.<preset>)
+  preset: str = "tiny"  # paper | cpu | tiny (fifa_jax.models.fifa.PRESETS)
   tokenizer: str | None = None  # LLaMA tokenizer folder; None: the offline demo tokenizer
   max_segs: int | None = None  # deprecated, ignored: every [SEG] gets its mask (data.seg_capacity)
   remat: bool = False  # rematerialise each LLM layer in the backward pass
@@ -50,6 +50,9 @@ class ModelConfig:
   # The LLM is frozen except its LoRA adapters; this also trains the token
   # embeddings and lm_head (needed when new special tokens start untrained).
   train_embeddings: bool = False
+  # The whole LLM trains (not only LoRA): for an LLM that starts from random weights
+  # (the cpu/tiny presets without released weights), where freezing it makes no sense.
+  train_llm: bool = False
   llama: dict[str, Any] = dataclasses.field(default_factory=dict)  # LlamaConfig field overrides
   # A fifa-jax model folder (`fifa convert model --config <this yaml> --farl ... --llama ...
   # --sam ... -o DIR`) whose weights start a new run; ignored when the run resumes.
@@ -151,8 +154,9 @@ class Config:
 
   def validate(self) -> "Config":
     m, d, t = self.model, self.data, self.train
-    if m.preset not in ("paper", "tiny"):
-      raise ConfigError(f"model.preset: {m.preset!r} is not one of ['paper', 'tiny']")
+    from fifa_jax.models.fifa import PRESETS
+    if m.preset not in PRESETS:
+      raise ConfigError(f"model.preset: {m.preset!r} is not one of {sorted(PRESETS)}")
     for task, w in d.tasks.items():
       if task not in tokens.TASKS:
         raise ConfigError(f"data.tasks.{task}: unknown task; choose from {list(tokens.TASKS)}")

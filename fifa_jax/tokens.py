@@ -198,6 +198,24 @@ def strip_markers(text: str) -> str:
   return re.sub(r"\s+", " ", text).strip()
 
 
+# Wording of the offline template explainer (data_prep.explain.OfflineExplainer),
+# kept here, in the shared contract, so the demo tokenizer learns it as words.
+EXPLAIN_ADJECTIVES = ("unnaturally smooth", "slightly blurred", "oddly saturated", "patchy",
+                      "over-sharpened", "inconsistently lit", "subtly warped", "flat and waxy")
+EXPLAIN_EVIDENCE = ("its texture differs from the surrounding skin",
+                    "the boundary shows a faint blending seam",
+                    "the shading contradicts the main light source",
+                    "fine detail is missing compared with nearby areas",
+                    "the colour tone drifts away from the neighbouring regions")
+EXPLAIN_EXTENTS = ("most of", "part of", "a small part of")
+
+
+def explain_sentence(concept: str, adjective: str, evidence: str, ratio: float, pixels: int) -> str:
+  """One concept's sentence in the offline explainer's template."""
+  extent = EXPLAIN_EXTENTS[0] if ratio >= 0.5 else EXPLAIN_EXTENTS[1] if ratio >= 0.2 else EXPLAIN_EXTENTS[2]
+  return f"Appears {adjective} over {extent} the area ({ratio:.0%}, {pixels} px); {evidence}."
+
+
 # ---------------------------------------------------------------------------
 # Vicuna v1.1 conversation template (as FastChat's "vicuna_v1.1", used by
 # LLaVA/GLaMM): "{system} USER: {q} ASSISTANT: {a}</s>".
@@ -264,11 +282,28 @@ def load_tokenizer(path: str | os.PathLike | None = None):
 def _demo_corpus() -> list[str]:
   from fifa_jax import fict
 
+  rng = random.Random(0)
+  no_special = lambda q: re.sub("|".join(map(re.escape, SPECIAL_TOKENS)), " ", q)
   lines = list(fict.NAMES)
-  # The special tokens are added afterwards, as to a real LLaMA tokenizer.
-  lines += [re.sub("|".join(map(re.escape, SPECIAL_TOKENS)), " ", q) for qs in PROMPTS.values() for q in qs]
-  lines += [VICUNA_V1_1.system, "USER: ASSISTANT:", det_answer(True), det_answer(False)]
-  lines += [cls_answer(c) for c in CLS_CLASSES]
+  # The special tokens are added afterwards, as to a real LLaMA tokenizer.  Whole
+  # conversations and answers repeat, so the template and the frequent phrases
+  # become a few tokens each (BPE merges across spaces here), as Vicuna's
+  # vocabulary makes them short: sequences stay short enough to train on a CPU.
+  for task, qs in PROMPTS.items():
+    for q in qs:
+      for _ in range(4):
+        region = rng.choice(fict.PARENTS) if task_level(task) == "region" else None
+        question = no_special(q.format(region=region) if region else q)
+        lines.append(VICUNA_V1_1.prompt(question))
+  lines += [det_answer(True), det_answer(False)] * 20
+  lines += [cls_answer(c) for c in CLS_CLASSES] * 20
+  for _ in range(600):
+    names = rng.sample(fict.ATOMIC, rng.randint(1, 4))
+    lines.append(no_special(loc_answer(names)))
+    c = names[0]
+    sentence = explain_sentence(c, rng.choice(EXPLAIN_ADJECTIVES), rng.choice(EXPLAIN_EVIDENCE),
+                                rng.random(), rng.randint(20, 3000))
+    lines.append(f"The {c} " + sentence[0].lower() + sentence[1:])
   words = ("shows displays exhibits appears unnaturally smooth blurred distorted inconsistent "
            "lighting shadows texture tone colour color edges boundary artifacts artifact blending "
            "seams unnatural overly sharp soft irregular asymmetric reflection highlight shading "
@@ -278,6 +313,9 @@ def _demo_corpus() -> list[str]:
   lines += [" ".join(words[i:i + 8]) for i in range(0, len(words), 4)]
   lines += [str(i) for i in range(1000)]
   return lines
+
+
+DEMO_VOCAB = 4096
 
 
 @functools.cache
@@ -296,7 +334,7 @@ def demo_tokenizer_dir() -> Path:
   tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
                                    decoders.Fuse(), decoders.Strip(" ", 1, 0)])
   byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
-  trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=["<unk>", "<s>", "</s>"] + byte_tokens,
+  trainer = trainers.BpeTrainer(vocab_size=DEMO_VOCAB, special_tokens=["<unk>", "<s>", "</s>"] + byte_tokens,
                                 show_progress=False, initial_alphabet=[])
   tok.train_from_iterator(_demo_corpus(), trainer=trainer)
   fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",

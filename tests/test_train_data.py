@@ -68,7 +68,7 @@ def test_sample_contents(root, layout):
   assert b["input_ids"].shape == b["loss_mask"].shape == b["attention_mask"].shape
   assert b["input_ids"].shape[1] in lay.buckets
   assert b["pixels"].shape == (2, lay.image_size, lay.image_size, 3)
-  assert b["masks"].shape == (lay.seg_capacity, 2, *lay.mask_size)
+  assert b["masks"].shape == (lay.seg_capacity, 2, *lay.target_size)
   assert b["boxes"].shape == (2, 1, 4) and (b["boxes"][:, 0, 2] > b["boxes"][:, 0, 0]).all()
   assert (b["task"] == tokens.TASKS.index("b-age")).all()
   for i in range(2):
@@ -87,7 +87,7 @@ def test_sample_contents(root, layout):
     assert len(seg_at) > 0 and b["seg_cols"][mine].tolist() == (seg_at - 1).tolist()
   assert not b["masks_dropped"].any()
   first_of = {i: int(np.flatnonzero(b["seg_valid"] & (b["seg_rows"] == i))[0]) for i in range(2)}
-  # Each row's first slot holds its concept's Region Mask and Regional Artifact Mask, area-downsampled. are its concept's Region Mask and Regional Artifact Mask, area-downsampled.
+  # Each row's first slot holds its concept's Region Mask and Regional Artifact Mask, binary at the image size.
   src = grain.sources.ArrayRecordDataSource(mixing.task_files(
       "{root}/qa/{split}/{task}-*.array_record", str(root), "train", "b-age"))
   recs = [QARecord.from_bytes(src[j]) for j in range(len(src))]
@@ -95,15 +95,15 @@ def test_sample_contents(root, layout):
   found = 0
   for r in recs:
     e = store[r.image_id]
-    region = pipeline.resize_mask(e.region_mask(r.seg_concepts[0]), lay.mask_size)
-    art = pipeline.resize_mask(e.artifact_region_mask(r.seg_concepts[0]), lay.mask_size)
+    region = pipeline.resize_mask(e.region_mask(r.seg_concepts[0]), lay.target_size)
+    art = pipeline.resize_mask(e.artifact_region_mask(r.seg_concepts[0]), lay.target_size)
     for i in range(2):
       k = first_of[i]
       if np.allclose(b["masks"][k, 0], region) and np.allclose(b["masks"][k, 1], art):
         found += 1
   assert found >= 1
   v = b["seg_valid"]
-  assert 0 < b["masks"][v, 0].mean() < 1 and b["masks"][v, 1].sum() <= b["masks"][v, 0].sum()
+  assert b["masks"].dtype == np.uint8 and 0 < b["masks"][v, 0].mean() < 1 and b["masks"][v, 1].sum() <= b["masks"][v, 0].sum()
   assert not b["masks"][~v].any()
 
 

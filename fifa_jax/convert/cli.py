@@ -136,7 +136,7 @@ def register(app: typer.Typer) -> None:
   def model_cmd(src: Optional[Path] = typer.Argument(None, help="Whole-model PyTorch state dict "
                                                      "(folder/.safetensors/.pth) or a fifa-jax 'fifa' folder."),
                 out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-                config: Optional[str] = typer.Option(None, help="paper, tiny, a fifa_config.json, or a training "
+                config: Optional[str] = typer.Option(None, help="paper, cpu, tiny, a fifa_config.json, or a training "
                                                      "YAML (the model `fifa train` builds from it, "
                                                      "tokenizer ids included; default: the one stored "
                                                      "with the weights)."),
@@ -158,7 +158,7 @@ def register(app: typer.Typer) -> None:
       if src is not None:
         raise ConversionError("give either SRC or --farl/--llama/--sam, not both")
       if cfg is None:
-        raise ConversionError("assembling needs --config (paper, tiny or a fifa_config.json)")
+        raise ConversionError("assembling needs --config (paper, cpu, tiny or a fifa_config.json)")
       model, report = fifa.assemble(cfg, allow_pickle=allow_pickle, progress=not quiet, **parts)
       _say(f"fresh: {', '.join(report['fresh'])}; skipped {len(report['skipped'])} checkpoint tensors")
       fifa.save(model, out)
@@ -206,7 +206,7 @@ def _fifa_config(spec: str | None, overrides: list[str] | None = None):
   from fifa_jax.convert import checkpoint  # noqa: PLC0415
   from fifa_jax.models.fifa import FiFaConfig  # noqa: PLC0415
 
-  presets = {"paper": FiFaConfig.paper, "tiny": FiFaConfig.tiny}
+  from fifa_jax.models.fifa import PRESETS as presets
   if spec in presets:
     return presets[spec]()
   path = Path(spec)

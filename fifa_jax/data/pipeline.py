@@ -20,11 +20,13 @@ Per-sample conventions (what the loss and the model expect):
   are cut at the end (their [SEG]s past the cut lose their masks);
 * boxes [1, 4]: the B- task's box in resized-image pixels, zeros otherwise;
 * det_label / cls_label: the record's, -1 when absent;
-* masks [n, 2, Hm, Wm] at the model's mask size (4x the token grid), one per
-  [SEG] left in the ids: the k-th is the k-th [SEG]'s atomic concept; channel 0
-  its Region Mask, channel 1 its Regional Artifact Mask.  Downsampled from full
-  resolution by area averaging, so a target pixel is the fraction of it the
-  region covers (soft targets: thin regions such as eyelids do not vanish);
+* masks [n, 2, H, W] uint8 at the input image's resolution (`target_size`), one
+  per [SEG] left in the ids: the k-th is the k-th [SEG]'s atomic concept;
+  channel 0 its Region Mask, channel 1 its Regional Artifact Mask.  Binary
+  (nearest-neighbour resize): the loss upsamples the model's low-resolution
+  mask logits to this size, as LISA/GLaMM compute theirs at the image's size.
+  (Area-averaged targets at the mask size would be fractions below 0.5 for thin
+  concepts, which a perfect model would then predict as empty.);
 * seg_cols [n]: the position whose hidden state predicts each [SEG].
 
 Collate packs every sample's [SEG]s into one flat list per batch (`seg_rows`,
@@ -59,7 +61,7 @@ CLIP_STD = np.asarray([0.26862954, 0.26130258, 0.27577711], np.float32)
 class Layout:
   """What the model fixes about a batch."""
   image_size: int
-  mask_size: tuple[int, int]
+  target_size: tuple[int, int]  # mask targets' resolution (the input image's)
   num_image_tokens: int
   buckets: tuple[int, ...]
   tokenizer: str | None = None  # folder; None: the offline demo tokenizer
@@ -69,7 +71,7 @@ class Layout:
 
   @classmethod
   def for_model(cls, fcfg, buckets: Sequence[int], tokenizer: str | None, **kw) -> Layout:
-    return cls(image_size=fcfg.image_size, mask_size=tuple(fcfg.mask_size),
+    return cls(image_size=fcfg.image_size, target_size=(fcfg.image_size, fcfg.image_size),
                num_image_tokens=fcfg.num_image_tokens, buckets=tuple(buckets),
                tokenizer=tokenizer, **kw)
 
@@ -99,8 +101,8 @@ def normalise(rgb: np.ndarray) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """Area-averaged coverage in [0, 1] (see the module docstring)."""
-  return cv2.resize(mask.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+  """A binary mask at `size` (nearest neighbour: thin regions keep their pixels), uint8."""
+  return cv2.resize(mask.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -127,7 +129,7 @@ class Preprocess:
       self._store = MaskStore(self.masks_folder)
     return self._store
 
-  def __call__(self, raw: bytes) -> dict[str, np.ndarray]:
+  def __call__(self, raw: bytes, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     lay = self.layout
     tok = _tokenizer(lay.tokenizer)
     ids_of = tokens.special_token_ids(tok)
@@ -135,7 +137,9 @@ class Preprocess:
     entry = self.store[rec.image_id]
     rgb = decode_image(entry.image)
     h, w = rgb.shape[:2]
-    pixels = normalise(resize_image(rgb, lay.image_size))
+    aug = Augment.draw(rng) if lay.augment and rng is not None else None
+    small = resize_image(rgb, lay.image_size)
+    pixels = normalise(aug.image(small) if aug else small)
 
     prompt, target = tokens.VICUNA_V1_1.split(rec.prompt, rec.answer)
     p_ids = tok(prompt).input_ids
@@ -151,19 +155,23 @@ class Preprocess:
     if rec.box is not None:
       sx, sy = lay.image_size / w, lay.image_size / h
       boxes[0] = np.asarray(rec.box, np.float32) * np.asarray([sx, sy, sx, sy], np.float32)
+      if aug:
+        boxes[0] = aug.box(boxes[0], lay.image_size)
 
-    hm, wm = lay.mask_size
+    hm, wm = lay.target_size
     seg_at = np.flatnonzero(ids == ids_of[tokens.SEG])
     if len(seg_at) > len(rec.seg_concepts):
       raise ValueError(f"record {rec.record_id}: {len(seg_at)} [SEG]s but "
                        f"{len(rec.seg_concepts)} concepts")
     n = len(seg_at)  # a sequence cut at the largest bucket keeps the masks of its [SEG]s only
-    masks = np.zeros((n, 2, hm, wm), np.float32)
+    masks = np.zeros((n, 2, hm, wm), np.uint8)
     artifact = entry.artifact_mask()
     for s in range(n):
       region = entry.region_mask(rec.seg_concepts[s])
       masks[s, 0] = resize_mask(region, (hm, wm))
       masks[s, 1] = resize_mask(region & artifact, (hm, wm))
+      if aug:
+        masks[s] = [aug.mask(m) for m in masks[s]]
     return {
         "input_ids": ids, "loss_mask": loss_mask, "pixels": pixels, "boxes": boxes,
         "det_label": np.int32(-1 if rec.det_label is None else rec.det_label),
@@ -171,6 +179,45 @@ class Preprocess:
         "masks": masks, "seg_cols": (seg_at - 1).astype(np.int32),
         "task": np.int32(tokens.TASKS.index(rec.task)),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """One draw of training augmentation: scale and shift (the same for the image,
+  its masks and its box) and a colour jitter.  No flips: FICT's names say left and right."""
+  scale: float
+  shift: tuple[float, float]  # fraction of the side
+  gain: tuple[float, float, float]
+  contrast: float
+
+  @classmethod
+  def draw(cls, rng: np.random.Generator) -> Augment:
+    return cls(scale=float(rng.uniform(0.9, 1.1)), shift=tuple(rng.uniform(-0.06, 0.06, 2)),
+               gain=tuple(rng.uniform(0.85, 1.15) * rng.uniform(0.95, 1.05, 3)),
+               contrast=float(rng.uniform(0.85, 1.15)))
+
+  def matrix(self, size: int) -> np.ndarray:
+    c = size / 2
+    return np.asarray([[self.scale, 0, c - self.scale * c + self.shift[0] * size],
+                       [0, self.scale, c - self.scale * c + self.shift[1] * size]], np.float32)
+
+  def image(self, rgb: np.ndarray) -> np.ndarray:
+    size = rgb.shape[0]
+    out = cv2.warpAffine(rgb, self.matrix(size), (size, size), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REFLECT_101).astype(np.float32)
+    mean = out.mean()
+    out = (out - mean) * self.contrast + mean
+    return np.clip(out * np.asarray(self.gain, np.float32), 0, 255).astype(np.uint8)
+
+  def mask(self, m: np.ndarray) -> np.ndarray:
+    return cv2.warpAffine(m, self.matrix(m.shape[0]), (m.shape[1], m.shape[0]),
+                          flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+  def box(self, b: np.ndarray, size: int) -> np.ndarray:
+    m = self.matrix(size)
+    x = b[[0, 2]] * m[0, 0] + m[0, 2]
+    y = b[[1, 3]] * m[1, 1] + m[1, 2]
+    return np.clip(np.asarray([x[0], y[0], x[1], y[1]], np.float32), 0, size)
 
 
 def _expand(ids: list[int], image_id: int, n: int) -> list[int]:
@@ -206,12 +253,12 @@ class Collate:
     for k in ("pixels", "boxes", "det_label", "cls_label", "task"):
       out[k] = np.stack([s[k] for s in samples])
     out.update(pack_segs(samples, self.layout.seg_capacity, self.layout.micro_batches,
-                         self.layout.mask_size))
+                         self.layout.target_size))
     return out
 
 
 def pack_segs(samples: Sequence[dict], capacity: int, micro_batches: int,
-              mask_size: tuple[int, int]) -> dict[str, np.ndarray]:
+              target_size: tuple[int, int]) -> dict[str, np.ndarray]:
   """Every sample's [SEG]s (`seg_cols`, `masks`) -> one flat list of `capacity` slots.
 
   Row-major within each micro-batch group (rows g, g+n, ... for group g of n);
@@ -224,7 +271,7 @@ def pack_segs(samples: Sequence[dict], capacity: int, micro_batches: int,
   rows = np.zeros(capacity, np.int32)
   cols = np.zeros(capacity, np.int32)
   valid = np.zeros(capacity, bool)
-  masks = np.zeros((capacity, 2, *mask_size), np.float32)
+  masks = np.zeros((capacity, 2, *target_size), np.uint8)
   dropped = np.zeros(len(samples), np.int32)
   for g in range(n):
     k = g * per
@@ -270,7 +317,10 @@ def make_dataset(pc: PipelineConfig, layout: Layout, process_index: int = 0,
   stream = mixing.mixed_stream(sources, pc.tasks, pc.seed, shuffle=pc.shuffle)
   stream = mixing.host_slice(stream, process_index, process_count)
   masks = pc.masks.format(root=pc.root, split=pc.split)
-  ds = stream.map(Preprocess(layout, masks)).batch(pc.local_batch, batch_fn=Collate(layout))
+  pre = Preprocess(layout, masks)
+  # Augmentation draws from a seed per position in the stream: resumes repeat it exactly.
+  stream = stream.random_map(pre, seed=pc.seed) if layout.augment else stream.map(pre)
+  ds = stream.batch(pc.local_batch, batch_fn=Collate(layout))
   # Threads for reading/decoding in each process; order stays deterministic.
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
   if pc.workers > 0:

@@ -110,9 +110,15 @@ def evaluate(loaded: Loaded, data: str | Path, split: str, out: str | Path, *,
         fh.write(json.dumps(_row(rec, p, store)) + "\n")
         if shown[rec.task] < overlays_per_task:
           shown[rec.task] += 1
-          pic = overlay.draw_overlay(q.rgb, p.artifact_masks, p.phrases,
-                                     title=f"{tokens.TASK_NAMES[rec.task]} {rec.record_id}",
-                                     text=tokens.strip_markers(p.text), box=rec.box)
+          title = f"{tokens.TASK_NAMES[rec.task]} {rec.record_id}"
+          if tokens.task_has_masks(rec.task):  # prediction beside ground truth
+            pic = overlay.draw_comparison(
+                q.rgb, p.artifact_masks, p.phrases, list(_true_masks(rec, store)),
+                rec.seg_concepts, title=title, pred_text=tokens.strip_markers(p.text),
+                true_text=tokens.strip_markers(rec.answer), box=rec.box)
+          else:
+            pic = overlay.draw_overlay(q.rgb, p.artifact_masks, p.phrases, title=title,
+                                       text=tokens.strip_markers(p.text), box=rec.box)
           overlay.save_png(out / "overlays" / f"{rec.task}-{shown[rec.task]}.png", pic)
       bar.update(len(recs))
   bar.close()
@@ -135,12 +141,21 @@ def _row(rec: QARecord, p: predict.Prediction, store: MaskStore) -> dict:
          "prediction": p.text, "reference": rec.answer, "det_label": rec.det_label,
          "cls_label": rec.cls_label, "det_probs": p.det_probs, "cls_probs": p.cls_probs}
   if tokens.task_has_masks(rec.task):
+    e = store[rec.image_id]
     true = _true_masks(rec, store)
-    pred = _paired(p.artifact_masks, true)
-    inter = (pred & true).reshape(len(true), -1).sum(1)
-    union = (pred | true).reshape(len(true), -1).sum(1)
-    row.update(num_pred_masks=len(p.artifact_masks), mask_inter=inter.tolist(), mask_union=union.tolist())
+    inter, union = _overlap(_paired(p.artifact_masks, true), true)
+    # The Region Masks (the auxiliary output) against the concepts' own masks.
+    true_r = np.stack([e.region_mask(c) for c in rec.seg_concepts])
+    r_inter, r_union = _overlap(_paired(p.region_masks, true_r), true_r)
+    row.update(num_pred_masks=len(p.artifact_masks), num_segs=tokens.count_segs(p.text),
+               mask_inter=inter.tolist(), mask_union=union.tolist(),
+               region_inter=r_inter.tolist(), region_union=r_union.tolist())
   return row
+
+
+def _overlap(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-mask intersection and union pixel counts of two [N, H, W] bool stacks."""
+  return ((pred & true).reshape(len(true), -1).sum(1), (pred | true).reshape(len(true), -1).sum(1))
 
 
 def score(rows: list[dict], store: MaskStore | None = None) -> dict[str, dict]:
@@ -163,6 +178,9 @@ def score(rows: list[dict], store: MaskStore | None = None) -> dict[str, dict]:
                                 [[tokens.strip_markers(r["reference"])] for r in rs]))
     if kind in ("loc", "age"):
       m.update(_mask_scores_from_counts(rs))
+      if all("region_inter" in r for r in rs):
+        region = _mask_scores_from_counts(rs, "region_inter", "region_union")
+        m.update({f"region_{k}": v for k, v in region.items()})
     out[task] = m
   return out
 
@@ -172,11 +190,12 @@ def _or_wrong(pred: int, true: int, k: int) -> int:
   return pred if pred >= 0 else (true + 1) % k
 
 
-def _mask_scores_from_counts(rs: list[dict]) -> dict:
+def _mask_scores_from_counts(rs: list[dict], inter_key: str = "mask_inter",
+                             union_key: str = "mask_union") -> dict:
   """mIoU / gIoU / cIoU (metrics.mask_scores' definitions) from per-mask counts."""
   per_sample, ious, inter_sum, union_sum = [], [], 0, 0
   for r in rs:
-    i, u = np.asarray(r["mask_inter"]), np.asarray(r["mask_union"])
+    i, u = np.asarray(r[inter_key]), np.asarray(r[union_key])
     iou = np.where(u > 0, i / np.maximum(u, 1), 1.0)
     per_sample.append(float(iou.mean()))
     ious.extend(iou.tolist())

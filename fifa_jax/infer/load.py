@@ -63,7 +63,7 @@ def load(path: str | Path, tokenizer: str | None = None) -> Loaded:
 
 def _load_run(run: Path, step: int | None, tokenizer: str | None) -> Loaded:
   from fifa_jax import config as config_lib
-  from fifa_jax.train import checkpoint, optim
+  from fifa_jax.train import checkpoint
   from fifa_jax.train import state as state_lib
 
   cfg = config_lib.load(run / "config.yaml")
@@ -83,12 +83,23 @@ def _load_run(run: Path, step: int | None, tokenizer: str | None) -> Loaded:
   finally:
     absl.setLevel(level)
   abstract = nnx.eval_shape(lambda: FiFaMLLM(fcfg, rngs=nnx.Rngs(0)))
-  graphdef, *parts = state_lib.split(abstract, optim.trainable_filter(cfg.model.train_embeddings))
-  for part, name in zip(parts, ("params", "frozen", "rest")):
-    # RNG streams are saved as raw key data; everything else as saved.
-    values = jax.tree.map(
-        lambda a, v: jax.random.wrap_key_data(v) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
-        else v, nnx.to_pure_dict(part), saved[name])
-    nnx.replace_by_pure_dict(part, values)
-  model = state_lib.merge(graphdef, *parts)
+  graphdef, state = nnx.split(abstract)
+  # The run split its state into trainable / frozen / rest by its own filter; the
+  # parts' paths are disjoint, so their union is the whole model whatever trained.
+  whole = _union(saved["params"], saved["frozen"], saved["rest"])
+  # RNG streams are saved as raw key data; everything else as saved.
+  values = jax.tree.map(
+      lambda a, v: jax.random.wrap_key_data(v) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+      else v, nnx.to_pure_dict(state), whole)
+  nnx.replace_by_pure_dict(state, values)
+  model = nnx.merge(graphdef, state)
   return Loaded(fcfg, model, tok, source=f"{run} (step {step})", step=step)
+
+
+def _union(*trees: dict) -> dict:
+  """Nested dicts with disjoint leaves -> one nested dict."""
+  out: dict = {}
+  for t in trees:
+    for k, v in t.items():
+      out[k] = _union(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+  return out

@@ -108,3 +108,21 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   tmp.write_bytes(data.tobytes())
   os.replace(tmp, path)
+
+
+def draw_comparison(image: np.ndarray, pred_masks: Sequence[np.ndarray], pred_labels: Sequence[str],
+                    true_masks: Sequence[np.ndarray], true_labels: Sequence[str], *,
+                    title: str = "", pred_text: str | None = None, true_text: str | None = None,
+                    box: Sequence[float] | None = None) -> np.ndarray:
+  """Prediction (left) beside ground truth (right), as the paper's Figures 4-9.
+
+  The k-th predicted mask and the k-th true one share a colour (they are scored
+  as a pair).
+  """
+  left = draw_overlay(image, pred_masks, pred_labels, title=f"prediction  {title}".strip(),
+                      text=pred_text, box=box)
+  right = draw_overlay(image, true_masks, true_labels, title="ground truth", text=true_text, box=box)
+  h = max(left.shape[0], right.shape[0])
+  pad = lambda a: np.pad(a, ((0, h - a.shape[0]), (0, 0), (0, 0)), constant_values=24)
+  gap = np.full((h, 6, 3), 255, np.uint8)
+  return np.concatenate([pad(left), gap, pad(right)], axis=1)

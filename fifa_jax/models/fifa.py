@@ -110,6 +110,29 @@ class FiFaConfig:
     return cls(**{**kw, **overrides})
 
 
+  @classmethod
+  def cpu(cls, **overrides) -> FiFaConfig:
+    """Small enough to train on a CPU in minutes, large enough for masks to mean
+    something: 128-px faces, an 8x8 token grid, 32x32 masks (upsampled to the
+    image's size for evaluation).  The demo and the learning tests use it."""
+    vit = ViTConfig(image_size=128, patch_size=16, width=128, layers=4, heads=4, output_dim=64)
+    llama = LlamaConfig(vocab_size=128, hidden_size=192, intermediate_size=512, num_hidden_layers=3,
+                        num_attention_heads=4, lora=LoraConfig(rank=8, alpha=16.0, dropout=0.0))
+    kw = dict(vit=vit, box=BoxEncoderConfig(vit_width=128, layers=(1, 2, 3, 4), channels=32,
+                                            output_size=4, out_dim=64),
+              llama=llama, decoder=TwoWayConfig(dim=64, heads=4, mlp_dim=128),
+              # SAM's narrowing upscaler (dim -> dim/2 -> dim/4) and hypernetwork MLP: the
+              # decoder runs twice per [SEG], so its 32x32 maps must stay cheap.
+              pixel=PixelDecoderConfig(dim=64, mid_dim=32, out_dim=16, query_mlp_layers=2),
+              image_size=128,
+              image_token_id=123, bbox_token_id=124, p_open_token_id=125, p_close_token_id=126,
+              seg_token_id=127)
+    return cls(**{**kw, **overrides})
+
+
+PRESETS = {"paper": FiFaConfig.paper, "cpu": FiFaConfig.cpu, "tiny": FiFaConfig.tiny}
+
+
 def expand_image_tokens(ids: Sequence[int], image_token_id: int, n: int) -> list[int]:
   """Collate step: each `<image>` id becomes `n` (= L_I) copies, so shapes stay static."""
   out: list[int] = []

@@ -13,6 +13,7 @@ had.  The dev evaluation is scheduled by global step, so it survives resume.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -105,7 +106,8 @@ def evaluate(cfg, setup, layout, eval_step, state, pad_id) -> dict[str, float]:
   """Teacher-forced losses on the first `train.eval_batches` dev batches (the same every time)."""
   pc = pipeline_config(cfg, cfg.data.dev_split)
   pc.workers = 0
-  it = pipeline.iterate(pc, layout, jax.process_index(), jax.process_count())
+  it = pipeline.iterate(pc, dataclasses.replace(layout, augment=False), jax.process_index(),
+                        jax.process_count())
   acc = metrics_lib.Accumulator()
   for _ in range(cfg.train.eval_batches):
     batch = step_lib.to_global(setup.mesh, agree_length(next(it), pad_id))

@@ -5,6 +5,7 @@ performed using LoRA; parameters of all other modules are learnable"):
   * every `nnx.LoRAParam` (the LLM's adapters, rank 128 in the paper);
   * every `nnx.Param` outside `model.llm`: Face Encoder, Box Encoder, the four
     projectors, Multi-Task Decoder, Pixel Decoder, Det./Cls. heads;
+  * with `model.train_llm`, the whole LLM (an LLM with random weights: cpu/tiny);
   * with `model.train_embeddings`, also the LLM's token embeddings and lm_head
     (off by default, as the paper; turn it on when the special tokens' rows
     start from random, i.e. without GLaMM's pretrained embeddings).
@@ -24,7 +25,9 @@ from flax import nnx
 from fifa_jax.config import OptimConfig
 
 
-def trainable_filter(train_embeddings: bool = False):
+def trainable_filter(train_embeddings: bool = False, train_llm: bool = False):
+  if train_llm:  # a randomly initialised LLM: everything trains
+    return nnx.Any(nnx.LoRAParam, nnx.Param)
   outside_llm = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("llm")))
   parts = [nnx.LoRAParam, outside_llm]
   if train_embeddings:

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fifa_jax import mesh as mesh_lib
 from fifa_jax.config import Config
-from fifa_jax.models.fifa import FiFaConfig, FiFaMLLM
+from fifa_jax.models.fifa import PRESETS, FiFaConfig, FiFaMLLM
 from fifa_jax.models.lora import LoraConfig
 from fifa_jax.train import optim
 
@@ -40,7 +40,7 @@ def model_config(cfg: Config, tokenizer=None) -> FiFaConfig:
   from fifa_jax import tokens
 
   m = cfg.model
-  base = FiFaConfig.paper() if m.preset == "paper" else FiFaConfig.tiny()
+  base = PRESETS[m.preset]()
   if tokenizer is None:
     tokenizer = tokens.load_tokenizer(m.tokenizer)
   ids = tokens.special_token_ids(tokenizer)
@@ -88,7 +88,7 @@ def _pure_shardings(state: nnx.State, mesh: Mesh) -> dict:
 
 
 def make_setup(cfg: Config, fcfg: FiFaConfig, mesh: Mesh) -> Setup:
-  filt = optim.trainable_filter(cfg.model.train_embeddings)
+  filt = optim.trainable_filter(cfg.model.train_embeddings, cfg.model.train_llm)
   tx = optim.make_tx(cfg.optim, cfg.train.steps)
   abs_model = nnx.eval_shape(lambda: FiFaMLLM(fcfg, rngs=nnx.Rngs(0)))
   graphdef, p, f, r = split(abs_model, filt)
