@@ -223,6 +223,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     _, arg = typing.get_args(tp)
     return {str(k): _check_type(v, arg, f"{where}.{k}") for k, v in value.items()}
   if tp is float:
+    if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+      try:
+        value = float(value)
+      except ValueError:
+        pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       raise ConfigError(f"{where}: expected a number, got {value!r}")
     return float(value)
