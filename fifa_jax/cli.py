@@ -179,6 +179,14 @@ def data_stats(
   t.add_section()
   t.add_row(*rows[-1])
   Console(width=120).print(t)
+  segs = S.seg_table(S.seg_counts(build_dir, "train"))
+  if len(segs) > 1:  # every [SEG] gets its mask in training: this is what the decoder sees
+    t = Table(title="[SEG]s per record (train)")
+    for i, h in enumerate(segs[0]):
+      t.add_column(h, justify="left" if i == 0 else "right")
+    for r in segs[1:]:
+      t.add_row(*r)
+    Console(width=120).print(t)
   if check:
     res = S.check_masks(build_dir)
     for rid, why in res["bad"][:10]:

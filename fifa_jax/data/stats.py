@@ -60,6 +60,28 @@ def check_masks(out: str | os.PathLike) -> dict:
   return {"checked": checked, "bad": bad}
 
 
+def seg_counts(out: str | os.PathLike, split: str = "train") -> dict[str, list[int]]:
+  """[SEG]s per record, per Loc./AGE task of one split (the data's own distribution)."""
+  counts: dict[str, list[int]] = defaultdict(list)
+  for shard in qa_shards(out, split):
+    for rec in R.read_qa_records(shard):
+      if tokens.task_has_masks(rec.task):
+        counts[rec.task].append(tokens.count_segs(rec.answer))
+  return counts
+
+
+def seg_table(counts: dict[str, list[int]]) -> list[list[str]]:
+  """Rows: header, one per Loc./AGE task: records, min, median, mean, p99, max [SEG]s."""
+  import numpy as np
+  rows = [["Task", "records", "min", "median", "mean", "p99", "max"]]
+  for t in tokens.TASKS:
+    c = np.asarray(counts.get(t, []))
+    if c.size:
+      rows.append([tokens.TASK_NAMES[t], str(c.size), str(c.min()), f"{np.median(c):g}",
+                   f"{c.mean():.1f}", f"{np.percentile(c, 99):g}", str(c.max())])
+  return rows
+
+
 def table(per_split: dict, sources: dict) -> list[list[str]]:
   """Rows: header, one per task, Total."""
   rows = [["Task", "Data Source", *SPLIT_HEADERS.values()]]
