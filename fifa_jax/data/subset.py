@@ -115,7 +115,7 @@ def from_archive(archive: str | Path, out: str | Path) -> Path:
   out = Path(out)
   entries, shards = [], defaultdict(list)
   with zipfile.ZipFile(archive) as z:
-    for name in sorted(z.namelist()):
+    for name in z.namelist():  # written in store and shard order
       parts = name.split("/")
       if parts[0] == "masks":
         entries.append(R.MaskEntry.from_bytes(z.read(name)))
