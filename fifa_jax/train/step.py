@@ -24,8 +24,8 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fifa_jax import mesh as mesh_lib, tokens
-from fifa_jax.train import state as state_lib
 from fifa_jax.models.fifa import SegSlots
+from fifa_jax.train import state as state_lib
 from fifa_jax.train.losses import LossWeights, fifa_loss
 
 NUM_TASKS = len(tokens.TASKS)
