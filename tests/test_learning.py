@@ -10,7 +10,7 @@ of every task for the fake, Det. and Cls. for both.  Regenerate it with
 The run is the documented overfitting recipe (configs/overfit.yaml), through the
 `fifa train` and `fifa eval` commands, so the answers are generated (KV-cache
 decoding from the rendered prompt, masks from the generated [SEG]s' states),
-never teacher-forced.  About 3 minutes on 2 cores, on one CPU device.
+never teacher-forced.  About 3 minutes 15 s on 2 idle cores, on one CPU device.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "data" / "memorise.zip"
 STEPS = 300
 # Mask mIoU the test requires on the memorised records.  The issue's target is 0.8;
-# runs of this recipe reach 0.67-0.82 after 300 steps (seed-dependent: the masks
-# learn only once the text is memorised, ~100 steps in), and 0.8 needs ~350-400
-# steps, past the suite's 3-minute budget for this test.  See docs/learning.md.
-MIN_MASK_MIOU = 0.6
+# this recipe reaches 0.82-0.84 at 300 steps with the test's seed (0.77 with another
+# seed at 260 steps): the masks learn only once the text is memorised, ~100 steps
+# in.  0.75 leaves a margin for other CPUs' numerics.  See docs/learning.md.
+MIN_MASK_MIOU = 0.75
 
 
 def _fifa(*args: str, cwd: Path) -> str:
