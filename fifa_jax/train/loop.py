@@ -132,6 +132,9 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
   distributed.log_hosts(mesh)
   distributed.barrier("fifa-start", cfg.distributed.timeout_s)
 
+  if cfg.model.max_segs is not None:
+    log(f"model.max_segs={cfg.model.max_segs} is deprecated and ignored: every [SEG] gets its mask "
+        "(the batch's [SEG] slots: data.seg_capacity)")
   tok = tokens.load_tokenizer(cfg.model.tokenizer)
   pad_id = tok.pad_token_id or 0
   fcfg = state_lib.model_config(cfg, tok)
