@@ -87,7 +87,7 @@ def test_sample_contents(root, layout):
     assert len(seg_at) > 0 and b["seg_cols"][mine].tolist() == (seg_at - 1).tolist()
   assert not b["masks_dropped"].any()
   first_of = {i: int(np.flatnonzero(b["seg_valid"] & (b["seg_rows"] == i))[0]) for i in range(2)}
-  # Each row's first slot holds its concept's Region Mask and Regional Artifact Mask, binary at the image size.
+  # Each row's first slot: its concept's Region Mask and Regional Artifact Mask, binary, image size.
   src = grain.sources.ArrayRecordDataSource(mixing.task_files(
       "{root}/qa/{split}/{task}-*.array_record", str(root), "train", "b-age"))
   recs = [QARecord.from_bytes(src[j]) for j in range(len(src))]
@@ -103,7 +103,8 @@ def test_sample_contents(root, layout):
         found += 1
   assert found >= 1
   v = b["seg_valid"]
-  assert b["masks"].dtype == np.uint8 and 0 < b["masks"][v, 0].mean() < 1 and b["masks"][v, 1].sum() <= b["masks"][v, 0].sum()
+  assert b["masks"].dtype == np.uint8 and 0 < b["masks"][v, 0].mean() < 1
+  assert b["masks"][v, 1].sum() <= b["masks"][v, 0].sum()
   assert not b["masks"][~v].any()
 
 

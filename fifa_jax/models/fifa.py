@@ -109,7 +109,6 @@ class FiFaConfig:
               seg_token_id=127)
     return cls(**{**kw, **overrides})
 
-
   @classmethod
   def cpu(cls, **overrides) -> FiFaConfig:
     """Small enough to train on a CPU in minutes, large enough for masks to mean
@@ -120,7 +119,9 @@ class FiFaConfig:
                         num_attention_heads=4, lora=LoraConfig(rank=8, alpha=16.0, dropout=0.0))
     kw = dict(vit=vit, box=BoxEncoderConfig(vit_width=128, layers=(1, 2, 3, 4), channels=32,
                                             output_size=4, out_dim=64),
-              llama=llama, decoder=TwoWayConfig(dim=64, heads=2, mlp_dim=128),  # heads of 32 (16 in cross-attention)
+              # Heads of 32 (16 in cross-attention): with heads of 8, every [SEG] of a
+              # record kept the same mask for hundreds of steps (docs/learning.md).
+              llama=llama, decoder=TwoWayConfig(dim=64, heads=2, mlp_dim=128),
               # SAM's narrowing upscaler (dim -> dim/2 -> dim/4) and hypernetwork MLP: the
               # decoder runs twice per [SEG], so its 32x32 maps must stay cheap.
               pixel=PixelDecoderConfig(dim=64, mid_dim=32, out_dim=16, query_mlp_layers=2),
