@@ -208,3 +208,29 @@ def test_scanned_llm_layers_train_like_unrolled(run):
               for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
   print(f"scanned vs unrolled after {len(batches)} steps: losses {losses[True][0]}, max diff {worst:.1e}")
   assert worst < 5e-5  # Adam's update amplifies summation-order noise in tiny gradients
+
+
+def test_micro_batches_keep_each_seg_with_its_row(run):
+  """With grad_accum, micro-batch g holds rows g, g+n, ... and exactly their [SEG] slots."""
+  cfg, fcfg, _ = run
+  n = 2
+  layout = pipeline.Layout.for_model(fcfg, cfg.data.buckets, None, seg_capacity=64, micro_batches=n)
+  it = pipeline.iterate(loop.pipeline_config(cfg, "train"), layout)
+  batch = next(it)
+  mesh = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  with jax.set_mesh(mesh):
+    micro = jax.jit(lambda b: step_lib._micro(b, n, mesh))(batch)
+  seg_id = fcfg.seg_token_id
+  total = 0
+  for g in range(n):
+    ids = np.asarray(micro["input_ids"][g])
+    np.testing.assert_array_equal(ids, batch["input_ids"][g::n])
+    valid = np.asarray(micro["seg_valid"][g])
+    rows, cols = np.asarray(micro["seg_rows"][g])[valid], np.asarray(micro["seg_cols"][g])[valid]
+    # Every valid slot points at a position that predicts a [SEG] of its own row ...
+    assert (ids[rows, cols + 1] == seg_id).all()
+    # ... and every [SEG] of the micro-batch has its slot, in row-major order.
+    want = np.argwhere(ids[:, 1:] == seg_id)
+    np.testing.assert_array_equal(np.stack([rows, cols], 1), want)
+    total += int(valid.sum())
+  assert total == int((batch["input_ids"] == seg_id).sum()) > 0
