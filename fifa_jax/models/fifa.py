@@ -119,8 +119,8 @@ class FiFaConfig:
                         num_attention_heads=4, lora=LoraConfig(rank=8, alpha=16.0, dropout=0.0))
     kw = dict(vit=vit, box=BoxEncoderConfig(vit_width=128, layers=(1, 2, 3, 4), channels=32,
                                             output_size=4, out_dim=64),
-              # Heads of 32 (16 in cross-attention): with heads of 8, every [SEG] of a
-              # record kept the same mask for hundreds of steps (docs/learning.md).
+              # Heads of 32 (16 in cross-attention): with heads of 16 (8), every [SEG]
+              # of a record kept the same mask for hundreds of steps (docs/learning.md).
               llama=llama, decoder=TwoWayConfig(dim=64, heads=2, mlp_dim=128),
               # SAM's narrowing upscaler (dim -> dim/2 -> dim/4) and hypernetwork MLP: the
               # decoder runs twice per [SEG], so its 32x32 maps must stay cheap.
