@@ -375,7 +375,7 @@ class OfflineExplainer:
     for c, (ratio, pixels) in stats.items():
       adj = self._pick(self._ADJ, image_id, c)
       ev = self._pick(self._EVIDENCE, image_id, c, "e")
-      out[c] = tokens.explain_sentence(c, adj, ev, ratio, pixels)
+      out[c] = tokens.explain_sentence(adj, ev, ratio, pixels)
     return out
 
   def summarize(self, descriptions: Mapping[str, str]) -> str:

@@ -210,7 +210,7 @@ EXPLAIN_EVIDENCE = ("its texture differs from the surrounding skin",
 EXPLAIN_EXTENTS = ("most of", "part of", "a small part of")
 
 
-def explain_sentence(concept: str, adjective: str, evidence: str, ratio: float, pixels: int) -> str:
+def explain_sentence(adjective: str, evidence: str, ratio: float, pixels: int) -> str:
   """One concept's sentence in the offline explainer's template."""
   extent = EXPLAIN_EXTENTS[0] if ratio >= 0.5 else EXPLAIN_EXTENTS[1] if ratio >= 0.2 else EXPLAIN_EXTENTS[2]
   return f"Appears {adjective} over {extent} the area ({ratio:.0%}, {pixels} px); {evidence}."
@@ -301,7 +301,7 @@ def _demo_corpus() -> list[str]:
     names = rng.sample(fict.ATOMIC, rng.randint(1, 4))
     lines.append(no_special(loc_answer(names)))
     c = names[0]
-    sentence = explain_sentence(c, rng.choice(EXPLAIN_ADJECTIVES), rng.choice(EXPLAIN_EVIDENCE),
+    sentence = explain_sentence(rng.choice(EXPLAIN_ADJECTIVES), rng.choice(EXPLAIN_EVIDENCE),
                                 rng.random(), rng.randint(20, 3000))
     lines.append(f"The {c} " + sentence[0].lower() + sentence[1:])
   words = ("shows displays exhibits appears unnaturally smooth blurred distorted inconsistent "

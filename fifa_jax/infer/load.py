@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 import jax
-from flax import nnx
+from flax import nnx, traverse_util
 
 from fifa_jax import tokens
 from fifa_jax.models.fifa import FiFaConfig, FiFaMLLM
@@ -86,7 +86,9 @@ def _load_run(run: Path, step: int | None, tokenizer: str | None) -> Loaded:
   graphdef, state = nnx.split(abstract)
   # The run split its state into trainable / frozen / rest by its own filter; the
   # parts' paths are disjoint, so their union is the whole model whatever trained.
-  whole = _union(saved["params"], saved["frozen"], saved["rest"])
+  flat = lambda tree: traverse_util.flatten_dict(tree, keep_empty_nodes=True)
+  whole = traverse_util.unflatten_dict(
+      {k: v for part in ("params", "frozen", "rest") for k, v in flat(saved[part]).items()})
   # RNG streams are saved as raw key data; everything else as saved.
   values = jax.tree.map(
       lambda a, v: jax.random.wrap_key_data(v) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
@@ -94,12 +96,3 @@ def _load_run(run: Path, step: int | None, tokenizer: str | None) -> Loaded:
   nnx.replace_by_pure_dict(state, values)
   model = nnx.merge(graphdef, state)
   return Loaded(fcfg, model, tok, source=f"{run} (step {step})", step=step)
-
-
-def _union(*trees: dict) -> dict:
-  """Nested dicts with disjoint leaves -> one nested dict."""
-  out: dict = {}
-  for t in trees:
-    for k, v in t.items():
-      out[k] = _union(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-  return out

@@ -331,8 +331,10 @@ def _decode_generated(model: FiFaMLLM, image, hidden, segs: SegSlots):
   return model.decode_masks(image, hidden[segs.rows, segs.cols], segs.rows)
 
 
-def upsample_masks(mask_logits: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """[..., Hm, Wm] -> [..., H, W] bilinear (as LISA's F.interpolate of low-res masks)."""
+def upsample_masks(mask_logits: jax.Array, size) -> jax.Array:
+  """[..., Hm, Wm] -> [..., H, W] bilinear (as LISA's F.interpolate of low-res masks);
+  the identity at equal size."""
+  size = tuple(int(x) for x in size)
   return jax.image.resize(mask_logits, (*mask_logits.shape[:-2], *size), "bilinear")
 
 

@@ -66,23 +66,22 @@ def agree_length(batch: dict, pad_id: int) -> dict:
   return pipeline.pad_to_length(batch, n, pad_id)
 
 
-def make_layout(cfg: config_lib.Config, fcfg, mesh, split: str | None = None) -> pipeline.Layout:
-  """The batch layout of a run; the [SEG] capacity from `data.seg_capacity` or the data."""
+def make_layout(cfg: config_lib.Config, fcfg, mesh) -> pipeline.Layout:
+  """The batch layout of a run; the [SEG] capacity of this host's batch from
+  `data.seg_capacity` (global, split among the hosts) or from the data."""
   n = cfg.train.grad_accum
   local_shards = max(1, (mesh.shape["data"] * mesh.shape["fsdp"]) // jax.process_count())
   multiple = int(np.lcm(8, local_shards)) * n
-  local_batch = cfg.train.batch_size // jax.process_count()
-  capacity = cfg.data.seg_capacity
-  if capacity is None:
-    pc = pipeline_config(cfg, split or cfg.data.split)
-    capacity = pipeline.seg_capacity_for(pipeline.seg_counts(pc), pc.tasks, local_batch, multiple)
-    log(f"[SEG] slots per batch: {capacity} (from the data; set data.seg_capacity to fix it)")
-  elif capacity % multiple:
-    raise config_lib.ConfigError(f"data.seg_capacity {capacity} must be a multiple of {multiple} "
-                                 "(8, the batch's local devices and train.grad_accum)")
-  return pipeline.Layout.for_model(fcfg, cfg.data.buckets, cfg.model.tokenizer,
-                                   seg_capacity=capacity // jax.process_count() if
-                                   cfg.data.seg_capacity else capacity,
+  if cfg.data.seg_capacity is None:
+    pc = pipeline_config(cfg, cfg.data.split)
+    local = pipeline.seg_capacity_for(pipeline.seg_counts(pc), pc.tasks, pc.local_batch, multiple)
+    log(f"[SEG] slots per batch: {local} (from the data; set data.seg_capacity to fix it)")
+  elif cfg.data.seg_capacity % multiple:
+    raise config_lib.ConfigError(f"data.seg_capacity {cfg.data.seg_capacity} must be a multiple of "
+                                 f"{multiple} (8, the batch's local devices and train.grad_accum)")
+  else:
+    local = cfg.data.seg_capacity // jax.process_count()
+  return pipeline.Layout.for_model(fcfg, cfg.data.buckets, cfg.model.tokenizer, seg_capacity=local,
                                    micro_batches=n, augment=cfg.data.augment)
 
 

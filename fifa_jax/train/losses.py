@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fifa_jax.models.fifa import upsample_masks
+
 
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
@@ -71,15 +73,6 @@ def per_mask_losses(mask_logits: jax.Array, targets: jax.Array, scale: float = 1
   return bce, 1 - (num + eps) / (den + eps)
 
 
-def upsample_to(mask_logits: jax.Array, size) -> jax.Array:
-  """Bilinear upsampling of [..., h, w] logits to the targets' [..., H, W] (LISA's
-  F.interpolate of its low-resolution masks before the loss); a no-op at equal size."""
-  size = tuple(int(x) for x in size)
-  if tuple(mask_logits.shape[-2:]) == size:
-    return mask_logits
-  return jax.image.resize(mask_logits.astype(jnp.float32), (*mask_logits.shape[:-2], *size), "bilinear")
-
-
 def mask_losses(mask_logits: jax.Array, targets: jax.Array, valid: jax.Array,
                 scale: float = 1000.0, eps: float = 1e-6) -> tuple[jax.Array, jax.Array]:
   """(BCE, Dice), each summed over valid masks / number of valid masks.
@@ -105,8 +98,9 @@ def fifa_loss(out, batch, weights: LossWeights = LossWeights(),
   text = ce.sum() / jnp.maximum(tmask.sum(), 1.0)
   det = label_loss(out.det_logits, batch["det_label"])
   cls = label_loss(out.cls_logits, batch["cls_label"])
-  bce2, dice2 = per_mask_losses(upsample_to(out.mask_logits, batch["masks"].shape[-2:]),
-                                batch["masks"])  # [S, 2]
+  # LISA's F.interpolate of its low-resolution masks to the targets' size before the loss.
+  logits = upsample_masks(out.mask_logits, batch["masks"].shape[-2:])
+  bce2, dice2 = per_mask_losses(logits, batch["masks"])  # [S, 2]
   valid = batch["seg_valid"].astype(bool) & out.seg_valid
   w = valid.astype(jnp.float32)[:, None] * jnp.ones((1, 2), jnp.float32)
   n = w.sum() + 1e-8
