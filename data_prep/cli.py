@@ -202,7 +202,7 @@ def cmd_synth(a) -> int:
     raise UsageError(f"--max-ops must be at least 1, got {a.max_ops}")
   s = synth.synthesize(a.out, synth.SynthConfig(n=a.n, n_real=a.n_real, size=a.size, seed=a.seed,
                                                 split_by=a.split_by, max_ops=a.max_ops,
-                                                crop=a.crop),
+                                                crop=a.crop, strength=a.strength),
                        progress=not a.quiet)
   per = ", ".join(f"{k}: {v['real']} real + {v['fake']} fake" for k, v in s["counts"].items())
   print(f"synth: {per} ({s['size']}x{s['size']}, split by {s['split_by']}) -> {a.out}/manifest.jsonl")
@@ -281,6 +281,9 @@ def build_parser():
   p.add_argument("--crop", choices=("loose", "tight"), default="loose",
                  help="loose: the face fills 1/3-2/3 of the picture (default); tight: 2/3-7/8, "
                       "as aligned face crops")
+  p.add_argument("--strength", choices=("subtle", "visible"), default="subtle",
+                 help="subtle: artifacts as face editors leave them (default); visible: strong ones on "
+                      "smaller regions, seen at 128 px (the cpu demo)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(fn=cmd_synth)
 

@@ -57,6 +57,19 @@ IDENTITY_SPLIT = {"astronaut": "train", "tom_hanks": "train", "t1_a": "train", "
 T1_CROPS = {"t1_a": (112, 339, 127), "t1_b": (514, 350, 149), "t1_c": (781, 417, 139)}
 MIN_DIFF = 1.0  # grey levels: as Step 1's min_diff, so Step 1's mask is a subset of the known one
 OPS = ("recolour", "blur", "warp", "clone", "noise", "smooth", "sharpen")
+# Parameter ranges per strength.  "subtle" artifacts resemble what face editors leave
+# and are barely visible at 128 px (blur, smoothing and Poisson clones vanish there);
+# "visible" ones are sized to be seen at the cpu preset's 128-px input, on a region
+# grown less (so fewer concepts per fake), for a from-scratch model trained for
+# minutes (`make demo`).  Ranges are (low, high) of a uniform draw; `grow` is x face size.
+STRENGTHS = {
+    "subtle": {"ops": OPS, "grow": 0.06, "hue": (6, 18), "sat": (0.6, 1.6), "val": (0.8, 1.2),
+               "blur": (1.5, 3.5), "noise": (6, 14), "smooth": (7, 12), "sharpen": (1.5, 3.0),
+               "warp": (0.25, 0.45)},
+    "visible": {"ops": ("recolour", "noise", "sharpen"), "grow": 0.02, "hue": (25, 45),
+                "sat": (1.4, 2.0), "val": (0.75, 1.25), "blur": (5.0, 8.0), "noise": (40, 60),
+                "smooth": (11, 16), "sharpen": (5.0, 8.0), "warp": (0.5, 0.7)},
+}
 
 
 # ---------------------------------------------------------------------------
@@ -180,47 +193,47 @@ def _blend(img, manip, alpha):
   return np.clip(manip.astype(np.float32) * a + img.astype(np.float32) * (1 - a) + 0.5, 0, 255).astype(np.uint8)
 
 
-def op_recolour(img, alpha, rng, **_):
+def op_recolour(img, alpha, rng, strength=STRENGTHS["subtle"], **_):
   hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(np.float32)
-  dh = rng.choice([-1, 1]) * rng.uniform(6, 18)  # OpenCV hue is 0..180
+  dh = rng.choice([-1, 1]) * rng.uniform(*strength["hue"])  # OpenCV hue is 0..180
   hsv[..., 0] = (hsv[..., 0] + dh) % 180
-  hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.6, 1.6), 0, 255)
-  hsv[..., 2] = np.clip(hsv[..., 2] * rng.uniform(0.8, 1.2), 0, 255)
+  hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(*strength["sat"]), 0, 255)
+  hsv[..., 2] = np.clip(hsv[..., 2] * rng.uniform(*strength["val"]), 0, 255)
   manip = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
   return _blend(img, manip, alpha), alpha >= 0.5, {"hue": round(float(dh), 1)}
 
 
-def op_blur(img, alpha, rng, size, **_):
-  s = float(rng.uniform(1.5, 3.5)) * size / 256
+def op_blur(img, alpha, rng, size, strength=STRENGTHS["subtle"], **_):
+  s = float(rng.uniform(*strength["blur"])) * size / 256
   return _blend(img, cv2.GaussianBlur(img, (0, 0), s), alpha), alpha >= 0.5, {"sigma": round(s, 2)}
 
 
-def op_noise(img, alpha, rng, **_):
-  s = float(rng.uniform(6, 14))
+def op_noise(img, alpha, rng, strength=STRENGTHS["subtle"], **_):
+  s = float(rng.uniform(*strength["noise"]))
   manip = np.clip(img.astype(np.float32) + rng.normal(0, s, img.shape), 0, 255)
   return _blend(img, manip, alpha), alpha >= 0.5, {"sigma": round(s, 1)}
 
 
-def op_smooth(img, alpha, rng, **_):
-  d = int(rng.integers(7, 12))
+def op_smooth(img, alpha, rng, strength=STRENGTHS["subtle"], **_):
+  d = int(rng.integers(*strength["smooth"]))
   manip = cv2.bilateralFilter(img, d, 60, 8)
   manip = cv2.bilateralFilter(manip, d, 60, 8)
   return _blend(img, manip, alpha), alpha >= 0.5, {"d": d}
 
 
-def op_sharpen(img, alpha, rng, size, **_):
-  amount = float(rng.uniform(1.5, 3.0))
+def op_sharpen(img, alpha, rng, size, strength=STRENGTHS["subtle"], **_):
+  amount = float(rng.uniform(*strength["sharpen"]))
   blur = cv2.GaussianBlur(img, (0, 0), 1.5 * size / 256)
   manip = cv2.addWeighted(img, 1 + amount, blur, -amount, 0)
   return _blend(img, manip, alpha), alpha >= 0.5, {"amount": round(amount, 2)}
 
 
-def op_warp(img, alpha, rng, **_):
+def op_warp(img, alpha, rng, strength=STRENGTHS["subtle"], **_):
   support = alpha >= 0.5
   ys, xs = np.nonzero(support)
   cx, cy = xs.mean(), ys.mean()
   radius = 0.6 * max(np.ptp(xs), np.ptp(ys)) + 1
-  k = float(rng.choice([-1, 1]) * rng.uniform(0.25, 0.45))  # > 0 bulge, < 0 pinch
+  k = float(rng.choice([-1, 1]) * rng.uniform(*strength["warp"]))  # > 0 bulge, < 0 pinch
   h, w = img.shape[:2]
   gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
   dx, dy = gx - cx, gy - cy
@@ -231,21 +244,21 @@ def op_warp(img, alpha, rng, **_):
   return _blend(img, manip, a), a >= 0.5, {"k": round(k, 2)}
 
 
-def op_clone(img, alpha, rng, lm, donor=None, **_):
+def op_clone(img, alpha, rng, lm, donor=None, strength=STRENGTHS["subtle"], **_):
   """Poisson-blend the same region from a donor face aligned by the landmarks."""
   if donor is None:
-    return op_recolour(img, alpha, rng)
+    return op_recolour(img, alpha, rng, strength)
   d_rgb, d_lm = donor
   m, _ = cv2.estimateAffinePartial2D(d_lm[:, :2].astype(np.float32), lm[:, :2].astype(np.float32))
   if m is None:
-    return op_recolour(img, alpha, rng)
+    return op_recolour(img, alpha, rng, strength)
   h, w = img.shape[:2]
   warped = cv2.warpAffine(d_rgb, m, (w, h), borderMode=cv2.BORDER_REFLECT_101)
   mask = (alpha >= 0.5).astype(np.uint8) * 255
   mask[:3], mask[-3:], mask[:, :3], mask[:, -3:] = 0, 0, 0, 0  # seamlessClone needs a margin
   x, y, bw, bh = cv2.boundingRect(mask)
   if bw < 4 or bh < 4:
-    return op_recolour(img, alpha, rng)
+    return op_recolour(img, alpha, rng, strength)
   center = (x + bw // 2, y + bh // 2)
   src = cv2.cvtColor(warped, cv2.COLOR_RGB2BGR)
   dst = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
@@ -258,16 +271,17 @@ OP_FN = {"recolour": op_recolour, "blur": op_blur, "warp": op_warp, "clone": op_
 
 
 def manipulate(real: np.ndarray, lm: np.ndarray, rng: np.random.Generator, donor=None,
-               n_ops: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+               n_ops: int | None = None, strength: str = "subtle") -> tuple[np.ndarray, np.ndarray, list[dict]]:
   """(fake, known artifact mask, ops) for a real face with its landmarks."""
   size = real.shape[0]
+  st = STRENGTHS[strength]
   n_ops = int(rng.integers(1, 4)) if n_ops is None else n_ops
   names = list(rng.choice(list(REGIONS), size=n_ops, replace=False))
   img, support_any, ops = real.copy(), np.zeros(real.shape[:2], bool), []
   for name in names:
-    op = str(rng.choice(OPS))
-    alpha = region_alpha(lm, name, real.shape[:2])
-    img, sup, params = OP_FN[op](img, alpha, rng, size=size, lm=lm, donor=donor)
+    op = str(rng.choice(st["ops"]))
+    alpha = region_alpha(lm, name, real.shape[:2], grow=st["grow"])
+    img, sup, params = OP_FN[op](img, alpha, rng, size=size, lm=lm, donor=donor, strength=st)
     support_any |= (alpha > 0) | sup
     ops.append({"op": op, "region": name, **params})
   # Pixels outside every op's support are bit-identical to the real, so the pixels that
@@ -292,6 +306,7 @@ class SynthConfig:
   split_by: str = "auto"    # "identity" (needs the t1.jpg faces), "variant", or "auto"
   max_ops: int = 3          # manipulations per fake: 1..max_ops (fewer: shorter AGE answers)
   crop: str = "loose"       # "loose" or "tight" (CROPS): how much of the picture the face fills
+  strength: str = "subtle"  # "subtle" or "visible" (STRENGTHS): how strong the manipulations are
 
 
 def allocate(n: int, splits=SPLITS, frac=(0.7, 0.15, 0.15)) -> list[str]:
@@ -368,9 +383,9 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None, progr
       pool = donors[split] or [(rgb, lm)]
       donor = pool[int(rng.integers(len(pool)))]
       fake, mask, ops = manipulate(rgb, lm, rng, donor=donor,
-                                   n_ops=int(rng.integers(1, cfg.max_ops + 1)))
+                                   n_ops=int(rng.integers(1, cfg.max_ops + 1)), strength=cfg.strength)
       if not mask.any():  # a no-op draw (e.g. blur on a flat patch): force a visible change
-        fake, mask, ops2 = manipulate(rgb, lm, rng, donor=None, n_ops=1)
+        fake, mask, ops2 = manipulate(rgb, lm, rng, donor=None, n_ops=1, strength=cfg.strength)
         ops += ops2
       save_png(out / rel, fake)
       save_png(out / "mask" / split / f"{i:05d}.png", mask)
@@ -388,6 +403,7 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None, progr
   counts = {s: {k: sum(1 for it in items if it["split"] == s and it["label"] == k) for k in ("real", "fake")}
             for s in SPLITS}
   summary = {"out": str(out), "size": cfg.size, "seed": cfg.seed, "split_by": split_by,
+             "strength": cfg.strength, "crop": cfg.crop, "max_ops": cfg.max_ops,
              "bases": list(faces.faces), "counts": counts}
   (out / "synth.json").write_text(json.dumps(summary, indent=2))
   return summary

@@ -89,3 +89,21 @@ def test_synth_then_annotate_then_build_gives_every_task_in_every_split(synth_se
   assert not empty and s["failures_this_run"] == 0
   check = ST.check_masks(tmp_path / "shards")
   assert check["checked"] > 0 and check["bad"] == []
+
+
+def test_visible_strength_uses_its_ops_and_changes_more_than_subtle(synth_set):
+  out, _, items = synth_set
+  it = next(i for i in items if i["label"] == "real")
+  real = imageio.load_image(out / it["image"])
+  lm = synth._Faces({"x": real}).faces["x"][1]
+  change = {}
+  for strength in ("subtle", "visible"):
+    diffs = []
+    for k in range(6):
+      fake, mask, ops = synth.manipulate(real, lm, np.random.default_rng(k), n_ops=1, strength=strength)
+      assert {o["op"] for o in ops} <= set(synth.STRENGTHS[strength]["ops"])
+      assert mask.any()
+      diffs.append(np.abs(fake.astype(int) - real.astype(int))[mask].mean())
+    change[strength] = float(np.mean(diffs))
+  print(f"mean change inside the artifact mask (grey levels): {change}")
+  assert change["visible"] > 2 * change["subtle"]
