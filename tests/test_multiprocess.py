@@ -46,7 +46,6 @@ def command(root, workdir, steps, extra=()):
 def environment(devices: int) -> dict:
   e = dict(os.environ)
   e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  e.pop("FIFA_DEBUG_SIGNAL", None)
   return e
 
 

@@ -3,9 +3,13 @@ a SIGKILLed run resumed ends with parameters bit-equal to an uninterrupted run."
 
 from __future__ import annotations
 
+import json
+import re
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -16,7 +20,7 @@ from fifa_jax.data import toy
 from fifa_jax.train import checkpoint as ckpt_lib, metrics as metrics_lib
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = 8
+STEPS = 30  # enough steps that a signal sent after the first logged ones lands mid-run
 
 
 @pytest.fixture(scope="module")
@@ -28,21 +32,35 @@ def env(tmp_path_factory):
   # compilation cache shared by the runs, so only the first one compiles.
   e["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
   e["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla_cache"))
-  e.pop("FIFA_DEBUG_SIGNAL", None)
   return root, e
 
 
-def fifa_train(env, workdir, signal_at=None):
+def logged_step(workdir: Path) -> int:
+  """The last step metrics.jsonl records (0 before the first line is whole)."""
+  path = workdir / "metrics.jsonl"
+  lines = path.read_text().split("\n")[:-1] if path.exists() else []  # whole lines only
+  return json.loads(lines[-1])["step"] if lines else 0
+
+
+def fifa_train(env, workdir, signal_after=None):
+  """Run `fifa train`; with signal_after=(step, sig), send it `sig` from outside, as a
+  scheduler would, once metrics.jsonl shows that `step` (or a later one) finished."""
   root, e = env
-  e = dict(e)
-  if signal_at:
-    e["FIFA_DEBUG_SIGNAL"] = signal_at
   cmd = [sys.executable, "-m", "fifa_jax.cli", "train", "--config", str(REPO / "configs/tiny_cpu.yaml"),
          "--workdir", str(workdir), "--set", f"data.root={root}", "--set", f"train.steps={STEPS}",
          "--set", "checkpoint.every=2", "--set", "train.log_every=1", "--set", "train.progress=false",
          # Gradient accumulation on (2 micro-batches of 4): exact resume holds through it too.
          "--set", "train.grad_accum=2"]
-  return subprocess.run(cmd, env=e, cwd=REPO, capture_output=True, text=True, timeout=600)
+  proc = subprocess.Popen(cmd, env=e, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  if signal_after:
+    step, sig = signal_after
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and logged_step(Path(workdir)) < step and time.monotonic() < deadline:
+      time.sleep(0.005)
+    if proc.poll() is None:
+      proc.send_signal(sig)
+  out, err = proc.communicate(timeout=600)
+  return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def flat(tree):
@@ -62,15 +80,17 @@ def test_train_loss_falls_and_resume_is_exact(env, tmp_path):
   assert any(k.startswith("train/det/") for k in log[0]) and "perf/tokens_per_s" in log[0]
   assert list((tmp_path / "a" / "tb").glob("events.out.tfevents.*"))
 
-  # 2. Preempted: SIGTERM after step 3 -> a final save at step 4, exit 143.
+  # 2. Preempted: SIGTERM once step 3 is logged -> a final save at the step then
+  #    finishing, exit 143.
   b = tmp_path / "b"
-  r = fifa_train(env, b, signal_at="3:TERM")
+  r = fifa_train(env, b, signal_after=(3, signal.SIGTERM))
   assert r.returncode == 143, r.stderr[-3000:]
-  assert "SIGTERM: saved step 4" in r.stderr
-  # 3. Resumed from 4, then SIGKILLed after step 7 (its step-6 save may or may not be whole).
-  r = fifa_train(env, b, signal_at="7:KILL")
+  saved = int(re.search(r"SIGTERM: saved step (\d+)", r.stderr).group(1))
+  assert 3 <= saved < STEPS
+  # 3. Resumed there, then SIGKILLed a few steps on (its last save may or may not be whole).
+  r = fifa_train(env, b, signal_after=(saved + 3, signal.SIGKILL))
   assert r.returncode == -9, r.stderr[-3000:]
-  assert "resumed from" in r.stderr and "(step 4)" in r.stderr
+  assert "resumed from" in r.stderr and f"(step {saved})" in r.stderr
   # 4. Resumed again, to the end.
   r = fifa_train(env, b)
   assert r.returncode == 0, r.stderr[-3000:]

@@ -173,10 +173,6 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
 
   stop = {"sigterm": False}
   previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True))
-  # Test hook: FIFA_DEBUG_SIGNAL="5:KILL" sends this process SIGKILL after step 5.
-  hook = os.environ.get("FIFA_DEBUG_SIGNAL", "")
-  hook_step, hook_sig = (int(hook.split(":")[0]), getattr(signal, "SIG" + hook.split(":")[1])) \
-      if hook else (0, None)
   bar = None
   if cfg.train.progress and jax.process_index() == 0:
     from tqdm import tqdm
@@ -223,8 +219,6 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
         if step % cfg.checkpoint.every == 0 or last:
           ckpt.save(step, state, data_state, {**meta, "step": step, "time": time.time(),
                                               "name": cfg.name})
-        if hook_step and step == hook_step:
-          os.kill(os.getpid(), hook_sig)
   finally:
     signal.signal(signal.SIGTERM, previous)
     if bar is not None:
