@@ -92,6 +92,7 @@ class OptimConfig:
 
 @dataclasses.dataclass
 class LossConfig:
+  """Weights of the loss terms (Appendix B); `train.losses.fifa_loss` reads them."""
   text: float = 1.0
   det_cls: float = 0.2
   mask_bce: float = 0.5

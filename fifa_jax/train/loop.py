@@ -27,7 +27,6 @@ from fifa_jax import config as config_lib, mesh as mesh_lib, tokens
 from fifa_jax.data import pipeline
 from fifa_jax.train import checkpoint as ckpt_lib, distributed, metrics as metrics_lib, optim
 from fifa_jax.train import state as state_lib, step as step_lib
-from fifa_jax.train.losses import LossWeights
 
 EXIT_OK, EXIT_NONFINITE, EXIT_PREEMPTED = 0, 3, 143
 
@@ -165,7 +164,7 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
   it = pipeline.iterate(pipeline_config(cfg, cfg.data.split), layout, jax.process_index(),
                         jax.process_count(), state=data_state or None)
   sched = optim.schedule(cfg.optim, cfg.train.steps)
-  weights = LossWeights(**vars(cfg.loss))
+  weights = cfg.loss
   train_step = _Compiled(step_lib.make_train_step(setup, weights, cfg.train.grad_accum, sched))
   eval_step = step_lib.make_eval_step(setup, weights) if cfg.train.eval_every else None
   writer = metrics_lib.MetricsWriter(local_dir(workdir))

@@ -18,21 +18,12 @@ are masked out, never sliced away.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import optax
 
+from fifa_jax.config import LossConfig as LossWeights  # the run config's `loss` node
 from fifa_jax.models.fifa import upsample_masks
-
-
-@dataclasses.dataclass(frozen=True)
-class LossWeights:
-  text: float = 1.0
-  det_cls: float = 0.2
-  mask_bce: float = 0.5
-  mask_dice: float = 2.0
 
 
 def token_ce(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array):
