@@ -117,7 +117,7 @@ def torch_llm_step(cfg: LlamaConfig, batch: int, seq: int, steps: int, dtype="fl
 
 def fifa_step(preset: str, llama: dict, batch: int, seq: int, steps: int, remat: bool = False):
   from fifa_jax import config as config_lib, mesh as mesh_lib
-  from fifa_jax.models.fifa import expand_image_tokens
+  from fifa_jax.tokens import expand_image_tokens
   from fifa_jax.train import metrics as metrics_lib, optim, state as state_lib, step as step_lib
   from fifa_jax.train.losses import LossWeights
 
@@ -126,7 +126,7 @@ def fifa_step(preset: str, llama: dict, batch: int, seq: int, steps: int, remat:
   if preset == "tiny":
     over += ["model.lora_rank=4", "model.lora_alpha=8", "model.lora_dropout=0.0"]
   cfg = config_lib.load(None, over + [f"model.llama.{k}={v}" for k, v in llama.items()])
-  fcfg = state_lib.model_config(cfg)
+  fcfg = config_lib.model_config(cfg)
   mesh = mesh_lib.make_mesh()
   setup = state_lib.make_setup(cfg, fcfg, mesh)
   state = state_lib.init_state(setup, 0, jit=True)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fifa_jax.infer.generate import GenerationConfig
+from fifa_jax.models.generate import GenerationConfig
 from fifa_jax.models import fifa
 
 

@@ -176,8 +176,10 @@ class Config:
       raise ConfigError(f"distributed.initialize: {self.distributed.initialize!r} is not one of "
                         "auto/true/false")
     if m.init_from is not None and "://" not in m.init_from:
-      from fifa_jax.convert.checkpoint import MARKER, is_checkpoint
-      if not is_checkpoint(m.init_from):
+      # Lazy (as the model imports below): orbax and jax are slow to import, and
+      # `fifa --help` and config checks do without them.
+      from fifa_jax.checkpoint import MARKER, is_model_folder
+      if not is_model_folder(m.init_from):
         raise ConfigError(f"model.init_from: {m.init_from!r} is not a fifa-jax model folder (no "
                           f"{MARKER}); write one with `fifa convert model ... -o DIR`")
     from fifa_jax.models.llama import LlamaConfig
@@ -186,6 +188,32 @@ class Config:
       if k not in names:
         raise ConfigError(f"model.llama.{k}: unknown key" + _suggest(k, names))
     return self
+
+
+def model_config(cfg: Config, tokenizer=None):
+  """The FiFaConfig of a run: the preset, LoRA and LLM overrides, the tokenizer's ids.
+
+  Training, inference, evaluation and conversion all build the model from here.  The
+  vocabulary grows to the tokenizer's size when that is larger, and the five
+  special-token ids are the tokenizer's (looked up by string).
+  """
+  from fifa_jax.models.fifa import PRESETS  # lazy: see validate()
+  from fifa_jax.models.lora import LoraConfig
+
+  m = cfg.model
+  base = PRESETS[m.preset]()
+  if tokenizer is None:
+    tokenizer = tokens.load_tokenizer(m.tokenizer)
+  ids = tokens.special_token_ids(tokenizer)
+  lora = LoraConfig(rank=m.lora_rank, alpha=m.lora_alpha, dropout=m.lora_dropout,
+                    target_modules=tuple(m.lora_targets))
+  llama_kw = dict(lora=lora, remat=m.remat, **m.llama)
+  llama_kw.setdefault("vocab_size", max(base.llama.vocab_size, len(tokenizer)))
+  llama = dataclasses.replace(base.llama, **llama_kw)
+  kw = dict(llama=llama, image_token_id=ids[tokens.IMAGE], bbox_token_id=ids[tokens.BBOX],
+            p_open_token_id=ids[tokens.P_OPEN], p_close_token_id=ids[tokens.P_CLOSE],
+            seg_token_id=ids[tokens.SEG])
+  return dataclasses.replace(base, **kw)
 
 
 # ---------------------------------------------------------------------------

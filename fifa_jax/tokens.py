@@ -341,3 +341,12 @@ def demo_tokenizer_dir() -> Path:
                                  unk_token="<unk>", add_bos_token=True)
   fast.save_pretrained(str(out))
   return out
+
+
+def expand_image_tokens(ids: Sequence[int], image_token_id: int, n: int) -> list[int]:
+  """Each `<image>` id becomes `n` (= L_I, the image features) copies, so that a
+  sequence's shape is fixed before the model sees it (the pipeline and inference)."""
+  out: list[int] = []
+  for t in ids:
+    out.extend([t] * n if t == image_token_id else [t])
+  return out

@@ -146,7 +146,7 @@ def test_whole_model_loads_into_scanned_layers_and_computes_the_same(model, tmp_
   export is the same file."""
   import dataclasses
 
-  from fifa_jax.infer.generate import GenerationConfig
+  from fifa_jax.models.generate import GenerationConfig
 
   fifa.save_pth(model, tmp_path / "torch")
   scan_cfg = dataclasses.replace(CFG, llama=dataclasses.replace(CFG.llama, scan_layers=True))
@@ -157,7 +157,7 @@ def test_whole_model_loads_into_scanned_layers_and_computes_the_same(model, tmp_
   c = CFG
   ids = np.asarray([[1, c.image_token_id] + list(rng.integers(3, 90, 10)) + [c.seg_token_id, 5]] * 2,
                    np.int32)
-  from fifa_jax.models.fifa import expand_image_tokens
+  from fifa_jax.tokens import expand_image_tokens
   ids = np.asarray([expand_image_tokens(list(r), c.image_token_id, c.num_image_tokens) for r in ids])
   pixels = rng.normal(size=(2, c.image_size, c.image_size, 3)).astype(np.float32)
   a, b = model(ids, pixels), scanned(ids, pixels)

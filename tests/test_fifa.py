@@ -10,8 +10,9 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fifa_jax import mesh as mesh_lib
-from fifa_jax.infer.generate import GenerationConfig
-from fifa_jax.models.fifa import FiFaConfig, FiFaMLLM, expand_image_tokens, param_counts
+from fifa_jax.models.generate import GenerationConfig
+from fifa_jax.models.fifa import FiFaConfig, FiFaMLLM, param_counts
+from fifa_jax.tokens import expand_image_tokens
 
 CFG = FiFaConfig.tiny()
 L_I = CFG.num_image_tokens  # 16

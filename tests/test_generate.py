@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fifa_jax.infer import generate as gen
-from fifa_jax.infer.generate import GenerationConfig, filter_logits, generate
+from fifa_jax.models import generate as gen
+from fifa_jax.models.generate import GenerationConfig, filter_logits, generate
 from fifa_jax.models.llama import LlamaConfig, LlamaForCausalLM
 
 VOCAB = 53

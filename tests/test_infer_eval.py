@@ -21,7 +21,7 @@ from fifa_jax.data import records, toy
 from fifa_jax.eval import bench, metrics
 from fifa_jax.infer import load as load_lib
 from fifa_jax.infer import predict
-from fifa_jax.train import checkpoint as ckpt_lib
+from fifa_jax import checkpoint as ckpt_lib
 from fifa_jax.train import state as state_lib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def workdir(tmp_path_factory):
   work = base / "run"
   work.mkdir()
   (work / "config.yaml").write_text(config.dump(cfg))
-  setup = state_lib.make_setup(cfg, state_lib.model_config(cfg), mesh_lib.make_mesh(devices=jax.devices()[:1]))
+  setup = state_lib.make_setup(cfg, config.model_config(cfg), mesh_lib.make_mesh(devices=jax.devices()[:1]))
   state = state_lib.init_state(setup, 7)
   ck = ckpt_lib.Checkpointer(work / "checkpoints", keep=1, async_save=False)
   ck.save(3, state, {}, {"step": 3})

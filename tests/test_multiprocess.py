@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from fifa_jax.data import toy
-from fifa_jax.train import checkpoint as ckpt_lib, metrics as metrics_lib
+from fifa_jax import checkpoint as ckpt_lib
+from fifa_jax.train import metrics as metrics_lib
 
 from test_train_resume import REPO, flat
 

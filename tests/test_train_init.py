@@ -28,7 +28,7 @@ CONFIG = REPO / "configs" / "tiny_cpu.yaml"
 @pytest.fixture(scope="module")
 def run():
   cfg = config_lib.load(CONFIG, [])
-  fcfg = state_lib.model_config(cfg)
+  fcfg = config_lib.model_config(cfg)
   mesh = mesh_lib.make_mesh(2, 2, 2)
   return cfg, fcfg, state_lib.make_setup(cfg, fcfg, mesh)
 
@@ -77,7 +77,7 @@ def test_convert_assembles_the_model_of_a_training_yaml(tmp_path):
   from fifa_jax.models.llama import LlamaForCausalLM
 
   cfg = config_lib.load(CONFIG, ["model.lora_rank=8"])
-  fcfg = state_lib.model_config(cfg)
+  fcfg = config_lib.model_config(cfg)
   vicuna = dataclasses.replace(fcfg.llama, vocab_size=fcfg.llama.vocab_size - 5, lora=None)
   llama_conv.save_hf(LlamaForCausalLM(vicuna, rngs=nnx.Rngs(1)), tmp_path / "vicuna")
   r = subprocess.run([sys.executable, "-m", "fifa_jax.cli", "convert", "model", "--config", str(CONFIG),

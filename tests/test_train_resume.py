@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from fifa_jax.data import toy
-from fifa_jax.train import checkpoint as ckpt_lib, metrics as metrics_lib
+from fifa_jax import checkpoint as ckpt_lib
+from fifa_jax.train import metrics as metrics_lib
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 30  # enough steps that a signal sent after the first logged ones lands mid-run

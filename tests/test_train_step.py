@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fifa_jax import config, mesh as mesh_lib
+from fifa_jax import checkpoint as ckpt_lib, config, mesh as mesh_lib
 from fifa_jax.data import pipeline, toy
-from fifa_jax.train import checkpoint as ckpt_lib, loop, optim, state as state_lib, step as step_lib
+from fifa_jax.train import loop, optim, state as state_lib, step as step_lib
 from fifa_jax.train.losses import LossWeights
 
 STEPS = 3
@@ -22,7 +22,7 @@ def run(tmp_path_factory):
   root = toy.write_toy_dataset(tmp_path_factory.mktemp("toy"), n_images=4)
   cfg = config.load(loop.Path(__file__).parent.parent / "configs/tiny_cpu.yaml",
                     [f"data.root={root}", "train.steps=10", "model.lora_dropout=0.1"])
-  fcfg = state_lib.model_config(cfg)
+  fcfg = config.model_config(cfg)
   layout = pipeline.Layout.for_model(fcfg, cfg.data.buckets, None)
   it = pipeline.iterate(loop.pipeline_config(cfg, "train"), layout)
   batches = [next(it) for _ in range(STEPS)]
@@ -178,7 +178,7 @@ def test_scanned_llm_layers_train_like_unrolled(run):
     if scan:
       over.append('model.llama={"scan_layers": true}')
     c = config.load(loop.Path(__file__).parent.parent / "configs/tiny_cpu.yaml", over)
-    fcfg = state_lib.model_config(c)
+    fcfg = config.model_config(c)
     assert fcfg.llama.scan_layers is scan
     mesh = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     setup = state_lib.make_setup(c, fcfg, mesh)

@@ -1,112 +1,21 @@
-"""The fifa-jax side of conversion: a folder any converter writes and reads.
+"""The model kinds a fifa-jax model folder can hold, and loading any of them.
 
-  <dir>/fifa_jax.json   {"format": "fifa-jax/1", "kind": "llama" | "vit" | "sam" | "fifa",
-                         "config": <the model's config dataclass as a dict>}
-  <dir>/state/          orbax StandardCheckpointer of the model's weights as a pure
-                        dict (nnx.Param, LoRA adapters and buffers; no RNG state)
-
-The training issue's orbax CheckpointManager restores `state/` as the model item
-(`nnx.state(model, WEIGHTS).to_pure_dict()` with the same tree).
+The folder format itself (fifa_jax.json + state/) and its reading and writing live
+in `fifa_jax.checkpoint`; the names below stay for code written against this module.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
-import jax
 from flax import nnx
 
-from fifa_jax.convert.stream import WEIGHTS, ConversionError, init_missing
-
-FORMAT = "fifa-jax/1"
-MARKER = "fifa_jax.json"
-
-
-def config_to_dict(cfg: Any) -> dict:
-  return dataclasses.asdict(cfg)
-
-
-def config_from_dict(cls: type, d: dict) -> Any:
-  """Rebuild a (nested, frozen) config dataclass; JSON lists become tuples."""
-  hints = typing.get_type_hints(cls)
-  kw = {}
-  for f in dataclasses.fields(cls):
-    if f.name not in d:
-      continue
-    kw[f.name] = _value(hints[f.name], d[f.name])
-  return cls(**kw)
-
-
-def _value(hint: Any, v: Any) -> Any:
-  if v is None:
-    return None
-  options = typing.get_args(hint) if isinstance(hint, types.UnionType) or \
-      typing.get_origin(hint) is typing.Union else (hint,)
-  for t in options:
-    if dataclasses.is_dataclass(t) and isinstance(v, dict):
-      return config_from_dict(t, v)
-  return _tuples(v)
-
-
-def _tuples(v: Any) -> Any:
-  return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
-
-
-def is_checkpoint(path: str | Path) -> bool:
-  return (Path(path) / MARKER).exists()
-
-
-def read_meta(path: str | Path) -> dict:
-  marker = Path(path) / MARKER
-  if not marker.exists():
-    raise ConversionError(f"{path} is not a fifa-jax checkpoint (no {MARKER})")
-  meta = json.loads(marker.read_text())
-  if meta.get("format") != FORMAT:
-    raise ConversionError(f"{marker}: format {meta.get('format')!r}, expected {FORMAT!r}")
-  return meta
-
-
-def save(model: nnx.Module, path: str | Path, kind: str, config: Any) -> Path:
-  """Write `model`'s weights and config under `path` (which must not exist yet)."""
-  import orbax.checkpoint as ocp  # noqa: PLC0415
-
-  path = Path(path).absolute()
-  if (path / "state").exists():
-    raise ConversionError(f"{path / 'state'} exists; choose a new folder")
-  path.mkdir(parents=True, exist_ok=True)
-  state = nnx.to_pure_dict(nnx.state(model, WEIGHTS))
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path / "state", state)
-    ckptr.wait_until_finished()
-  meta = {"format": FORMAT, "kind": kind, "config": config_to_dict(config)}
-  (path / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
-  return path
-
-
-def restore(path: str | Path, make: Any, config_cls: type, *,
-            kind: str | None = None) -> tuple[Any, nnx.Module]:
-  """(config, model) from `save`'s folder; `make(config)` builds the module."""
-  import orbax.checkpoint as ocp  # noqa: PLC0415
-
-  path = Path(path).absolute()
-  meta = read_meta(path)
-  if kind is not None and meta["kind"] != kind:
-    raise ConversionError(f"{path} holds a {meta['kind']!r} model, not {kind!r}")
-  config = config_from_dict(config_cls, meta["config"])
-  model = nnx.eval_shape(lambda: make(config))  # `make(config)` must seed its own Rngs
-  state = nnx.state(model, WEIGHTS)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
-  with ocp.StandardCheckpointer() as ckptr:
-    restored = ckptr.restore(path / "state", target)
-  nnx.replace_by_pure_dict(state, restored)
-  nnx.update(model, state)
-  init_missing(model, lambda: make(config))  # RNG state
-  return config, model
+from fifa_jax.checkpoint import (FORMAT, MARKER, WEIGHTS, CheckpointError,  # noqa: F401
+                                 config_from_dict, config_to_dict, read_meta)
+from fifa_jax.checkpoint import is_model_folder as is_checkpoint  # noqa: F401
+from fifa_jax.checkpoint import restore_model as restore  # noqa: F401
+from fifa_jax.checkpoint import save_model as save  # noqa: F401
 
 
 def kinds() -> dict[str, tuple[type, Any]]:
@@ -123,11 +32,11 @@ def kinds() -> dict[str, tuple[type, Any]]:
 
 
 def load(path: str | Path, kind: str | None = None) -> tuple[str, Any, nnx.Module]:
-  """Any fifa-jax folder -> (kind, config, model)."""
+  """Any fifa-jax model folder -> (kind, config, model)."""
   meta = read_meta(path)
   table = kinds()
   if meta["kind"] not in table:
-    raise ConversionError(f"{path}: unknown kind {meta['kind']!r}")
+    raise CheckpointError(f"{path}: unknown kind {meta['kind']!r}")
   cls, make = table[meta["kind"]]
   config, model = restore(path, make, cls, kind=kind)
   return meta["kind"], config, model

@@ -214,9 +214,8 @@ def _fifa_config(spec: str | None, overrides: list[str] | None = None):
     raise ConversionError(f"--config {spec!r}: not a preset ({sorted(presets)}) nor a file")
   if yaml_spec:  # a training recipe: the model that `fifa train` builds
     from fifa_jax import config as config_lib  # noqa: PLC0415
-    from fifa_jax.train.state import model_config  # noqa: PLC0415
     try:
-      return model_config(config_lib.load(path, overrides or []))
+      return config_lib.model_config(config_lib.load(path, overrides or []))
     except config_lib.ConfigError as e:
       raise ConversionError(f"--config {spec}: {e}") from e
   return checkpoint.config_from_dict(FiFaConfig, json.loads(path.read_text()))

@@ -31,14 +31,11 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from fifa_jax.models.two_way import Buffer
+from fifa_jax.checkpoint import WEIGHTS, CheckpointError, init_missing  # noqa: F401 (re-exported)
 
 # What conversion moves: parameters (LoRA included) and saved buffers, not RNG state.
-WEIGHTS = nnx.Any(nnx.Param, Buffer)
-
-
-class ConversionError(ValueError):
-  """A checkpoint does not fit the model; the message names the keys."""
+# ConversionError: a checkpoint that does not fit the model; the message names the keys.
+ConversionError = CheckpointError
 
 
 # -- permutations ---------------------------------------------------------------
@@ -437,27 +434,6 @@ class Loaded:
   model: nnx.Module
   ignored: list[str]  # checkpoint keys not used (allowed by `ignore`)
   fresh: list[tuple]  # weight paths initialised fresh, not loaded
-
-
-def init_missing(model: nnx.Module, make: Callable[[], nnx.Module]) -> list[tuple]:
-  """Give every still-abstract leaf `make()`'s initial value.
-
-  The constructor runs under jit and returns only the wanted leaves, so XLA
-  drops the rest: a 7B model's fresh LoRA costs the LoRA's memory, not 7B.
-  """
-  todo = {p: v for p, v in nnx.to_flat_state(nnx.state(model))
-          if isinstance(v.get_value(), jax.ShapeDtypeStruct)}
-  if not todo:
-    return []
-
-  def init():
-    flat = dict(nnx.to_flat_state(nnx.state(make())))
-    return {path_str(p): flat[p].get_value() for p in todo}
-
-  values = jax.jit(init)()
-  for p, var in todo.items():
-    var.set_value(values[path_str(p)])
-  return list(todo)
 
 
 def assign(model: nnx.Module, entries: Sequence[Entry], source: Source, *,

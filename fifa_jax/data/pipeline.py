@@ -145,7 +145,7 @@ class Preprocess:
     p_ids = tok(prompt).input_ids
     t_ids = tok(target, add_special_tokens=False).input_ids
     img_id = ids_of[tokens.IMAGE]
-    p_ids = _expand(p_ids, img_id, lay.num_image_tokens)
+    p_ids = tokens.expand_image_tokens(p_ids, img_id, lay.num_image_tokens)
     ids = np.asarray(p_ids + t_ids, np.int32)
     loss_mask = np.concatenate([np.zeros(len(p_ids), np.int32), np.ones(len(t_ids), np.int32)])
     max_len = lay.buckets[-1]
@@ -218,11 +218,6 @@ class Augment:
     x = b[[0, 2]] * m[0, 0] + m[0, 2]
     y = b[[1, 3]] * m[1, 1] + m[1, 2]
     return np.clip(np.asarray([x[0], y[0], x[1], y[1]], np.float32), 0, size)
-
-
-def _expand(ids: list[int], image_id: int, n: int) -> list[int]:
-  from fifa_jax.models.fifa import expand_image_tokens  # lazy: keeps workers' imports light
-  return expand_image_tokens(ids, image_id, n)
 
 
 def bucket_length(n: int, buckets: Sequence[int]) -> int:

@@ -14,15 +14,11 @@ import dataclasses
 import logging
 from pathlib import Path
 
-import jax
 from flax import nnx, traverse_util
 
-from fifa_jax import tokens
+from fifa_jax import checkpoint, config as config_lib, tokens
+from fifa_jax.checkpoint import CheckpointError  # noqa: F401 (raised here; callers catch it)
 from fifa_jax.models.fifa import FiFaConfig, FiFaMLLM
-
-
-class CheckpointError(FileNotFoundError):
-  """No usable checkpoint at the given path; the message says what was looked for."""
 
 
 @dataclasses.dataclass
@@ -50,11 +46,10 @@ def load(path: str | Path, tokenizer: str | None = None) -> Loaded:
   run = _run_dir_and_step(path)
   if run is not None:
     return _load_run(*run, tokenizer)
-  if (path / "fifa_jax.json").is_file():
-    from fifa_jax.convert import fifa as convert_fifa
-
+  if checkpoint.is_model_folder(path):
     tok = tokens.load_tokenizer(tokenizer)
-    config, model = convert_fifa.restore(path)
+    config, model = checkpoint.restore_model(path, lambda c: FiFaMLLM(c, rngs=nnx.Rngs(0)),
+                                             FiFaConfig, kind="fifa")
     return Loaded(config, model, tok, source=str(path))
   raise CheckpointError(
       f"{str(path)!r} is not a checkpoint: expected a training workdir (config.yaml and checkpoints/), "
@@ -62,19 +57,14 @@ def load(path: str | Path, tokenizer: str | None = None) -> Loaded:
 
 
 def _load_run(run: Path, step: int | None, tokenizer: str | None) -> Loaded:
-  from fifa_jax import config as config_lib
-  from fifa_jax.train import checkpoint
-  from fifa_jax.train import state as state_lib
-
   cfg = config_lib.load(run / "config.yaml")
   tok = tokens.load_tokenizer(tokenizer or cfg.model.tokenizer)
-  fcfg = state_lib.model_config(cfg, tok)
+  fcfg = config_lib.model_config(cfg, tok)
   ckpts = run / "checkpoints"
-  if step is None:  # the newest finished step (a save in progress has a temporary name)
-    steps = [int(d.name) for d in ckpts.iterdir() if d.name.isdigit() and (d / "state").is_dir()]
-    if not steps:
+  if step is None:
+    step = checkpoint.latest_step(ckpts)
+    if step is None:
       raise CheckpointError(f"{run}: no finished checkpoint in {ckpts}")
-    step = max(steps)
   absl = logging.getLogger("absl")  # orbax warns that a step has no _CHECKPOINT_METADATA: harmless
   level = absl.level
   absl.setLevel(logging.ERROR)
@@ -89,10 +79,6 @@ def _load_run(run: Path, step: int | None, tokenizer: str | None) -> Loaded:
   flat = lambda tree: traverse_util.flatten_dict(tree, keep_empty_nodes=True)
   whole = traverse_util.unflatten_dict(
       {k: v for part in ("params", "frozen", "rest") for k, v in flat(saved[part]).items()})
-  # RNG streams are saved as raw key data; everything else as saved.
-  values = jax.tree.map(
-      lambda a, v: jax.random.wrap_key_data(v) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
-      else v, nnx.to_pure_dict(state), whole)
-  nnx.replace_by_pure_dict(state, values)
+  nnx.replace_by_pure_dict(state, checkpoint.from_saveable(whole, nnx.to_pure_dict(state)))
   model = nnx.merge(graphdef, state)
   return Loaded(fcfg, model, tok, source=f"{run} (step {step})", step=step)

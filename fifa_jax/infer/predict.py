@@ -21,9 +21,8 @@ from flax import nnx
 
 from fifa_jax import fict, tokens
 from fifa_jax.data.pipeline import normalise, resize_image
-from fifa_jax.infer.generate import GenerationConfig
+from fifa_jax.models.generate import GenerationConfig
 from fifa_jax.infer.load import Loaded
-from fifa_jax.models.fifa import expand_image_tokens
 
 
 class QueryError(ValueError):
@@ -97,7 +96,7 @@ def encode(loaded: Loaded, queries: Sequence[Query]) -> dict[str, np.ndarray]:
   for i, q in enumerate(queries):
     q.validate()
     ids = tok(tokens.VICUNA_V1_1.prompt(q.question())).input_ids
-    ids_list.append(expand_image_tokens(ids, cfg.image_token_id, cfg.num_image_tokens))
+    ids_list.append(tokens.expand_image_tokens(ids, cfg.image_token_id, cfg.num_image_tokens))
     h, w = q.rgb.shape[:2]
     pixels[i] = normalise(resize_image(q.rgb, cfg.image_size))
     if q.box is not None:

@@ -9,7 +9,7 @@
 
 Static shapes everywhere, so one jit covers every batch:
 - the prompt's single `<image>` is expanded by the collate step to L_I copies
-  (`expand_image_tokens`); the k-th copy in a row takes image feature k;
+  (`tokens.expand_image_tokens`); the k-th copy in a row takes image feature k;
 - the k-th `<bbox>` of a row takes the feature of box k (`boxes` [B, K, 4], padded);
 - every [SEG] of the batch gets its mask: the batch carries a flat list of
   [SEG] slots (`SegSlots`: row, the position whose state predicts the [SEG],
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -32,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from fifa_jax import mesh as mesh_lib  # (also turns eager sharding off)
-from fifa_jax.infer import generate as gen
+from fifa_jax.models import generate as gen
 from fifa_jax.models.box_encoder import BoxEncoder, BoxEncoderConfig
 from fifa_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from fifa_jax.models.lora import LoraConfig
@@ -132,14 +131,6 @@ class FiFaConfig:
 
 
 PRESETS = {"paper": FiFaConfig.paper, "cpu": FiFaConfig.cpu, "tiny": FiFaConfig.tiny}
-
-
-def expand_image_tokens(ids: Sequence[int], image_token_id: int, n: int) -> list[int]:
-  """Collate step: each `<image>` id becomes `n` (= L_I) copies, so shapes stay static."""
-  out: list[int] = []
-  for t in ids:
-    out.extend([t] * n if t == image_token_id else [t])
-  return out
 
 
 class SegSlots(NamedTuple):

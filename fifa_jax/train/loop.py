@@ -23,9 +23,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from fifa_jax import config as config_lib, mesh as mesh_lib, tokens
+from fifa_jax import checkpoint as ckpt_lib, config as config_lib, mesh as mesh_lib, tokens
 from fifa_jax.data import pipeline
-from fifa_jax.train import checkpoint as ckpt_lib, distributed, metrics as metrics_lib, optim
+from fifa_jax.train import distributed, metrics as metrics_lib, optim
 from fifa_jax.train import state as state_lib, step as step_lib
 
 EXIT_OK, EXIT_NONFINITE, EXIT_PREEMPTED = 0, 3, 143
@@ -135,7 +135,7 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
         "(the batch's [SEG] slots: data.seg_capacity)")
   tok = tokens.load_tokenizer(cfg.model.tokenizer)
   pad_id = tok.pad_token_id or 0
-  fcfg = state_lib.model_config(cfg, tok)
+  fcfg = config_lib.model_config(cfg, tok)
   setup = state_lib.make_setup(cfg, fcfg, mesh)
   layout = make_layout(cfg, fcfg, mesh)
   if jax.process_index() == 0:

@@ -15,8 +15,6 @@ unsharded (what lets the paper-size model start on a pod slice).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,35 +22,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from fifa_jax import mesh as mesh_lib
-from fifa_jax.config import Config
-from fifa_jax.models.fifa import PRESETS, FiFaConfig, FiFaMLLM
-from fifa_jax.models.lora import LoraConfig
+from fifa_jax import checkpoint, mesh as mesh_lib
+from fifa_jax.config import Config, model_config  # noqa: F401 (model_config: re-exported)
+from fifa_jax.models.fifa import FiFaConfig, FiFaMLLM
 from fifa_jax.train import optim
-
-
-def model_config(cfg: Config, tokenizer=None) -> FiFaConfig:
-  """The FiFaConfig of a run: the preset, LoRA and LLM overrides, the tokenizer's ids.
-
-  The vocabulary grows to the tokenizer's size when that is larger, and the five
-  special-token ids are the tokenizer's (looked up by string).
-  """
-  from fifa_jax import tokens
-
-  m = cfg.model
-  base = PRESETS[m.preset]()
-  if tokenizer is None:
-    tokenizer = tokens.load_tokenizer(m.tokenizer)
-  ids = tokens.special_token_ids(tokenizer)
-  lora = LoraConfig(rank=m.lora_rank, alpha=m.lora_alpha, dropout=m.lora_dropout,
-                    target_modules=tuple(m.lora_targets))
-  llama_kw = dict(lora=lora, remat=m.remat, **m.llama)
-  llama_kw.setdefault("vocab_size", max(base.llama.vocab_size, len(tokenizer)))
-  llama = dataclasses.replace(base.llama, **llama_kw)
-  kw = dict(llama=llama, image_token_id=ids[tokens.IMAGE], bbox_token_id=ids[tokens.BBOX],
-            p_open_token_id=ids[tokens.P_OPEN], p_close_token_id=ids[tokens.P_CLOSE],
-            seg_token_id=ids[tokens.SEG])
-  return dataclasses.replace(base, **kw)
 
 
 def split(model: nnx.Module, train_filter):
@@ -138,14 +111,6 @@ def count(tree) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(tree))
 
 
-def _key(path) -> tuple[str, ...]:
-  return tuple(str(getattr(k, "key", k)) for k in path)
-
-
-def _flat(tree) -> dict[tuple, Any]:
-  return {_key(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 def load_initial_weights(setup: Setup, state: dict, path: str) -> dict:
   """`state` with its model weights replaced by a fifa-jax model folder's (`model.init_from`).
 
@@ -154,40 +119,23 @@ def load_initial_weights(setup: Setup, state: dict, path: str) -> dict:
   model.  Its shapes must equal the run's (same LLM, vocabulary and LoRA rank);
   otherwise every mismatch is named.  The optimizer state stays fresh.
   """
-  import orbax.checkpoint as ocp  # noqa: PLC0415
-
-  from fifa_jax.convert import checkpoint as folder  # noqa: PLC0415
-  from fifa_jax.convert.stream import WEIGHTS, ConversionError  # noqa: PLC0415
-
-  meta = folder.read_meta(path)
+  meta = checkpoint.read_meta(path)
   if meta["kind"] != "fifa":
-    raise ConversionError(f"model.init_from: {path} holds a {meta['kind']!r} model; a whole "
-                          f"FiFa-MLLM folder is needed (`fifa convert model ... -o DIR`)")
-  saved_cfg = folder.config_from_dict(FiFaConfig, meta["config"])
+    raise checkpoint.CheckpointError(
+        f"model.init_from: {path} holds a {meta['kind']!r} model; a whole FiFa-MLLM folder is "
+        f"needed (`fifa convert model ... -o DIR`)")
+  saved_cfg = checkpoint.config_from_dict(FiFaConfig, meta["config"])
   saved = nnx.to_pure_dict(nnx.state(
-      nnx.eval_shape(lambda: FiFaMLLM(saved_cfg, rngs=nnx.Rngs(0))), WEIGHTS))
-  ours = {}
+      nnx.eval_shape(lambda: FiFaMLLM(saved_cfg, rngs=nnx.Rngs(0))), checkpoint.WEIGHTS))
+  part_of, target = {}, {}
   for part in ("params", "frozen", "rest"):
-    ours.update({k: (part, v) for k, v in _flat(setup.abstract[part]).items()})
-  problems = []
-  saved_flat = _flat(saved)
-  for k, leaf in saved_flat.items():
-    if k not in ours:
-      problems.append(f"{'.'.join(k)}: in the folder, not in this run's model")
-    elif tuple(ours[k][1].shape) != tuple(leaf.shape):
-      problems.append(f"{'.'.join(k)}: folder {list(leaf.shape)}, run {list(ours[k][1].shape)}")
-  missing = [k for k, (part, _) in ours.items() if part != "rest" and k not in saved_flat]
-  problems += [f"{'.'.join(k)}: not in the folder" for k in missing]
-  if problems:
-    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-    raise ConversionError(f"model.init_from {path}: {len(problems)} weight(s) do not fit this run "
-                          f"(build the folder with --config set to this run's YAML):\n  "
-                          + "\n  ".join(problems[:20]) + more)
-  # Restore in the run's dtypes and shardings, then put each leaf in its part of the state.
-  target = jax.tree_util.tree_map_with_path(lambda p, _: ours[_key(p)][1], saved)
-  with ocp.StandardCheckpointer() as ckptr:
-    restored = _flat(ckptr.restore(Path(path).absolute() / "state", target))
+    for k, v in checkpoint._flat(setup.abstract[part]).items():
+      part_of[k], target[k] = part, v
+  # RNG streams ("rest" leaves the folder lacks) stay as initialised.
+  restored = checkpoint.restore_into(path, saved, target, what="model.init_from", ours="run",
+                                     optional=lambda k: part_of[k] == "rest")
   out = dict(state)
   for part in ("params", "frozen", "rest"):
-    out[part] = jax.tree_util.tree_map_with_path(lambda p, v: restored.get(_key(p), v), state[part])
+    out[part] = jax.tree_util.tree_map_with_path(
+        lambda p, v: restored.get(checkpoint._key(p), v), state[part])
   return out
