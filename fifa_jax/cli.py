@@ -142,7 +142,7 @@ def data_build(
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
   """Images + annotations -> FiFa-11 ArrayRecord shards (all tasks), resumable."""
-  from fifa_jax.data import build as B
+  from data_prep import build as B  # lazy: the build side of the data contract
   try:
     s = B.build(src, annotations, out, explainer=explainer, images_per_unit=images_per_unit, seed=seed,
                 max_region=max_region, max_box=max_box, progress=not quiet)

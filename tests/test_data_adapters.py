@@ -10,7 +10,6 @@ import pytest
 
 from fifa_jax import tokens
 from fifa_jax.data import adapters as A
-from fifa_jax.data import build as B
 from fifa_jax.data import records as R
 
 
@@ -27,7 +26,7 @@ def test_ddvqa(tmp_path):
       "5_002": {"q1": {"question": "Does the image look fake?", "answer": ["No, it looks real."]}}}))
   s = A.adapt("dd-vqa", tmp_path / "train.json", tmp_path / "img", tmp_path / "out", "train")
   assert s == {"records": 3, "images": 2, "out": str(tmp_path / "out")}
-  recs = list(B.iter_records(tmp_path / "out"))
+  recs = list(R.iter_records(tmp_path / "out"))
   assert [r.technique for r in recs] == ["Deepfakes", "Deepfakes", "Original"]
   assert [r.det_label for r in recs] == [1, 1, 0] and all(r.task == "i-toe" for r in recs)
   assert recs[0].prompt == f"{tokens.IMAGE}\nDoes the person's nose look fake?"
@@ -48,7 +47,7 @@ def test_dfa_instruct(tmp_path):
       "conversations": [{"from": "human", "value": "<image>\nIs it fake?"}, {"from": "gpt", "value": "Yes."},
                         {"from": "human", "value": "Where?"}, {"from": "gpt", "value": "The mouth."}]}]))
   s = A.adapt("dfa-instruct", tmp_path / "dfa.json", tmp_path / "img", tmp_path / "out", "dev")
-  recs = list(B.iter_records(tmp_path / "out", ["dev"]))
+  recs = list(R.iter_records(tmp_path / "out", ["dev"]))
   assert s["records"] == 2 and [r.answer for r in recs] == ["Yes.", "The mouth."]
   assert all(r.prompt.count(tokens.IMAGE) == 1 and r.det_label == 1 for r in recs)
 

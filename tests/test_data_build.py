@@ -15,7 +15,7 @@ import pytest
 from data_prep import artifacts, bage, regions, store
 from fifa_jax import fict, tokens
 from llm_server import LoopbackLLM
-from fifa_jax.data import build as B
+from data_prep import build as B
 from fifa_jax.data import records as R
 from fifa_jax.data import show as S
 from fifa_jax.data import stats as ST
@@ -100,7 +100,7 @@ def test_every_task_in_every_split_and_seg_equals_masks(built):
 def test_records_follow_the_task_rules(built):
   root = built[0]
   store_ = R.MaskStore(root / "out" / "masks")
-  for rec in B.iter_records(root / "out"):
+  for rec in R.iter_records(root / "out"):
     kind, level = tokens.task_kind(rec.task), tokens.task_level(rec.task)
     if kind in ("det", "cls"):
       fake = rec.image_id.startswith("fake")
@@ -176,7 +176,7 @@ def test_stats_table_and_show(built, tmp_path):
   text = ST.render(ST.table(per_split, sources))
   assert text.splitlines()[0].split() == ["Task", "Data", "Source", "Training", "Dev.", "Test"]
   assert "B-AGE" in text and text.splitlines()[-1].startswith("Total")
-  shard = B.qa_shards(root / "out", "dev", "b-age")[0]
+  shard = R.qa_shards(root / "out", "dev", "b-age")[0]
   rec = S.show(shard, 0, tmp_path / "rec.png")
   pic = cv2.imread(str(tmp_path / "rec.png"))
   assert rec.task == "b-age" and pic is not None and pic.shape[1] > S.PANEL
@@ -231,7 +231,7 @@ def test_llm_explainer_retries_caches_and_rejects_bad_tags(tmp_path, monkeypatch
     assert calls > 0 and all(v == 2 for v in server.seen.values())  # each failed once, then succeeded
     log = (out / "failures.tsv").read_text()
     assert "summary rejected" in log and f"{[poison]!r}) are not tagged" in log  # the reason, per summary
-    recs = list(B.iter_records(out))
+    recs = list(R.iter_records(out))
     ages = [r for r in recs if tokens.task_kind(r.task) == "age"]
     assert ages and all(r.explainer == "llm:test-model" for r in ages)
     assert all(poison not in r.seg_concepts for r in ages)  # those with it were rejected

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data_prep import dffd
-from fifa_jax.data import build as B
+from data_prep import build as B
 from fifa_jax.data import records as R
 
 SIZES = {"FFHQ": (4, 2, 2), "FaceAPP": (3, 1, 1), "PGGAN": (4, 2, 2), "Deepfakes": (2, 1, 1)}
@@ -75,7 +75,7 @@ def test_a_det_cls_build_needs_no_annotation(tree, tmp_path):
   store = R.MaskStore(tmp_path / "out" / "masks")
   entry = store[store.ids()[0]]
   assert entry.meta["regions"] == "none" and entry.height == 24
-  cls = [r for r in B.iter_records(tmp_path / "out") if r.task == "cls"]
+  cls = [r for r in R.iter_records(tmp_path / "out") if r.task == "cls"]
   assert {R.TECHNIQUE_CATEGORY[r.technique] for r in cls} == {"real", "attribute manipulation",
                                                               "entire face synthesis", "identity swapping"}
 

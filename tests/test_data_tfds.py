@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from fifa_jax import tokens
-from fifa_jax.data import build as B
+from data_prep import build as B
 from fifa_jax.data import records as R
 from test_data_build import make_source
 
@@ -19,7 +19,7 @@ def test_tfds_data_source_matches_the_shards(tmp_path):
   B.build(src, ann, tmp_path / "out", progress=False, max_region=3, max_box=3)
   tfds_fifa.prepare(tmp_path / "out", tmp_path / "tfds")
   ds = tfds.data_source("fifa11", data_dir=str(tmp_path / "tfds"))
-  want = {s: {r.record_id: r for r in B.iter_records(tmp_path / "out", [s])} for s in R.SPLITS}
+  want = {s: {r.record_id: r for r in R.iter_records(tmp_path / "out", [s])} for s in R.SPLITS}
   assert {s: len(ds[s]) for s in R.SPLITS} == {s: len(v) for s, v in want.items()}
   store = R.MaskStore(tmp_path / "out" / "masks")
   seen = set()

@@ -415,6 +415,20 @@ def read_qa_records(path: str | os.PathLike) -> Iterator[QARecord]:
     yield QARecord.from_bytes(data)
 
 
+def qa_shards(out: str | os.PathLike, split: str, task: str | None = None) -> list[Path]:
+  """The QA shards of one split (and task) of a build, in order."""
+  if split not in SPLITS:
+    raise ValueError(f"split {split!r} is not one of {SPLITS}")
+  tasks = [task] if task else tokens.TASKS
+  return [p for t in tasks for p in sorted((Path(out) / "qa" / split).glob(f"{t}-{split}-*.array_record"))]
+
+
+def iter_records(out: str | os.PathLike, splits: Iterable[str] = SPLITS):
+  for s in splits:
+    for p in qa_shards(out, s):
+      yield from read_qa_records(p)
+
+
 class MaskStore:
   """A folder of mask-store shards plus `index.json` (image id -> shard, position).
 

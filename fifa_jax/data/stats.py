@@ -15,7 +15,6 @@ from pathlib import Path
 
 from fifa_jax import tokens
 from fifa_jax.data import records as R
-from fifa_jax.data.build import qa_shards
 
 SPLIT_HEADERS = {"train": "Training", "dev": "Dev.", "test": "Test"}
 
@@ -28,7 +27,7 @@ def count(out: str | os.PathLike) -> tuple[dict, dict]:
   per_split: dict[str, Counter] = {s: Counter() for s in R.SPLITS}
   sources: dict[str, Counter] = defaultdict(Counter)
   for split in R.SPLITS:
-    for shard in qa_shards(out, split):
+    for shard in R.qa_shards(out, split):
       for rec in R.read_qa_records(shard):
         per_split[split][rec.task] += 1
         sources[rec.task][rec.source] += 1
@@ -37,10 +36,9 @@ def count(out: str | os.PathLike) -> tuple[dict, dict]:
 
 def check_masks(out: str | os.PathLike) -> dict:
   """SEG/mask agreement of every Loc./AGE record: {checked, bad: [(record_id, reason)]}."""
-  from fifa_jax.data.build import iter_records
   store = R.MaskStore(Path(out) / "masks")
   checked, bad, cache = 0, [], {}
-  for rec in iter_records(out):
+  for rec in R.iter_records(out):
     if not tokens.task_has_masks(rec.task):
       continue
     checked += 1
@@ -63,7 +61,7 @@ def check_masks(out: str | os.PathLike) -> dict:
 def seg_counts(out: str | os.PathLike, split: str = "train") -> dict[str, list[int]]:
   """[SEG]s per record, per Loc./AGE task of one split (the data's own distribution)."""
   counts: dict[str, list[int]] = defaultdict(list)
-  for shard in qa_shards(out, split):
+  for shard in R.qa_shards(out, split):
     for rec in R.read_qa_records(shard):
       if tokens.task_has_masks(rec.task):
         counts[rec.task].append(tokens.count_segs(rec.answer))

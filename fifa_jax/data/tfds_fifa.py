@@ -76,13 +76,12 @@ class Fifa11(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, build: Path, split: str):
     import cv2
-    from fifa_jax.data.build import qa_shards
     store = R.MaskStore(build / "masks")
 
     def png(m):
       return cv2.imencode(".png", m.astype(np.uint8) * 255)[1].tobytes()
 
-    for shard in qa_shards(build, split):
+    for shard in R.qa_shards(build, split):
       for rec in R.read_qa_records(shard):
         entry = store[rec.image_id]
         art = entry.artifact_mask()

@@ -76,7 +76,7 @@ def test_allocation():
 
 def test_synth_then_annotate_then_build_gives_every_task_in_every_split(synth_set, tmp_path):
   from fifa_jax import tokens
-  from fifa_jax.data import build as B
+  from data_prep import build as B
   from fifa_jax.data import stats as ST
   out, _, _ = synth_set
   ann = tmp_path / "ann"

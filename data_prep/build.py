@@ -33,6 +33,10 @@ Records per annotated fake (Section 3.2; the rules are in docs/data.md):
                            b-age also the Step 5 boxes kept by the annotator
 Each [SEG] is bound to one artifact-existing Atomic Concept; its masks (Region Mask,
 Regional Artifact Mask) come from the mask store.
+
+This is the writing side of the data contract, so it lives with the annotator; it
+needs no MediaPipe and runs in either environment.  The reading side (records, the
+mask store, `qa_shards`) is fifa_jax.data.records, which training never leaves.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -245,7 +249,7 @@ def build_unit(items: Sequence[dict], src: Path, ann: Path, explainer, seed: int
                max_region: int | None, max_box: int | None):
   """(mask entries, QA records, failures [(id, reason)]) of one unit."""
   from data_prep import explain, store
-  from fifa_jax.data import explainers as X
+  from data_prep import explainers as X
 
   failures: list[tuple[str, str]] = []
   loaded = []
@@ -340,7 +344,7 @@ def build(src, ann, out, *, explainer: str = "offline", images_per_unit: int = 6
           max_region: int | None = None, max_box: int | None = None, progress: bool = True) -> dict:
   """Build (or resume) the shards; returns the summary written to OUT/build.json."""
   from tqdm import tqdm
-  from fifa_jax.data import explainers as X
+  from data_prep import explainers as X
 
   src, ann, out = Path(src), Path(ann), Path(out)
   if not ann.is_dir():
@@ -406,17 +410,3 @@ def build(src, ann, out, *, explainer: str = "offline", images_per_unit: int = 6
   tmp.write_text(json.dumps(summary, indent=2))
   os.replace(tmp, out / "build.json")
   return summary
-
-
-def qa_shards(out: str | os.PathLike, split: str, task: str | None = None) -> list[Path]:
-  """The QA shards of one split (and task) of a build, in order."""
-  if split not in R.SPLITS:
-    raise ValueError(f"split {split!r} is not one of {R.SPLITS}")
-  tasks = [task] if task else tokens.TASKS
-  return [p for t in tasks for p in sorted((Path(out) / "qa" / split).glob(f"{t}-{split}-*.array_record"))]
-
-
-def iter_records(out: str | os.PathLike, splits: Iterable[str] = R.SPLITS):
-  for s in splits:
-    for p in qa_shards(out, s):
-      yield from R.read_qa_records(p)
