@@ -1,13 +1,14 @@
 """The device mesh and the logical-axis rules: the one place that knows devices.
 
-Every parameter is created with *logical* axis names (`nnx.with_partitioning(init,
-("embed", "mlp"))`); `LOGICAL_AXIS_RULES` maps those names to the axes of a
+Every parameter is created with *logical* axis names (`logical(init, ("embed",
+"mlp"))`); `LOGICAL_AXIS_RULES` maps those names to the axes of a
 (data, fsdp, tensor) mesh.  Changing how the model is sharded means editing this
 table, never a model file.  Names not in the table are replicated.
 
-Flax's eager sharding is turned off on import: parameters are created unsharded
-(or abstractly under `nnx.eval_shape`) and placed by `shard_model`/`jit`
-out-shardings, which lets the same model code run on one CPU or a pod slice.
+Parameters are declared with `logical(init, names)`: created unsharded (or
+abstractly under `nnx.eval_shape`) and placed later by `shard_model`/`jit`
+out-shardings, never eagerly, which lets the same model code run on one CPU or a
+pod slice.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
-
-nnx.use_eager_sharding(False)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -49,6 +48,15 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("pos", None),
     ("norm", None),
 )
+
+
+def logical(init, names: Sequence[str | None]):
+  """`init` whose parameters carry the logical axis `names` (see LOGICAL_AXIS_RULES).
+
+  Not eagerly sharded: a model is built without a mesh (or abstractly) and placed
+  by the caller, so model code never needs to know the devices.
+  """
+  return nnx.with_partitioning(init, tuple(names), eager_sharding=False)
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,

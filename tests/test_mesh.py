@@ -31,7 +31,7 @@ def test_logical_rules_map_and_never_reuse_an_axis():
 
 def test_shard_model_places_params_by_logical_axes():
   m = mesh_lib.make_mesh(data=2, fsdp=2, tensor=2)
-  init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "mlp"))
+  init = mesh_lib.logical(nnx.initializers.lecun_normal(), ("embed", "mlp"))
   lin = nnx.Linear(8, 6, kernel_init=init, rngs=nnx.Rngs(0))
   before = np.asarray(lin.kernel[...])
   mesh_lib.shard_model(lin, m)

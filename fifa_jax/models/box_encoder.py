@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fifa_jax import mesh as mesh_lib
 from fifa_jax.models.layers import Deconv, LayerNorm, as_dtype, gelu, linear, torch_default
 
 
@@ -146,10 +147,10 @@ class BoxEncoder(nnx.Module):
     self.config = cfg
     kw = dict(rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     self.levels = nnx.List([PyramidLevel(cfg, i, rngs=rngs) for i in range(4)])
-    conv_init = nnx.with_partitioning(torch_default, (None, None, "conv_in", "conv_out"))
+    conv_init = mesh_lib.logical(torch_default, (None, None, "conv_in", "conv_out"))
     self.level_convs = nnx.List([
       nnx.Conv(cfg.channels, cfg.channels, (3, 3), padding="SAME", kernel_init=conv_init,
-               bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)),
+               bias_init=mesh_lib.logical(nnx.initializers.zeros_init(), ("conv_out",)),
                rngs=rngs, dtype=as_dtype(cfg.dtype), param_dtype=as_dtype(cfg.param_dtype))
       for _ in range(4)])
     self.flatten = linear(cfg.output_size ** 2 * cfg.channels, cfg.out_dim,

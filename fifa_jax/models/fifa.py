@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fifa_jax import mesh as mesh_lib  # (also turns eager sharding off)
+from fifa_jax import mesh as mesh_lib
 from fifa_jax.models import generate as gen
 from fifa_jax.models.box_encoder import BoxEncoder, BoxEncoderConfig
 from fifa_jax.models.llama import LlamaConfig, LlamaForCausalLM

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fifa_jax import mesh as _mesh  # noqa: F401  (turns eager sharding off)
+from fifa_jax import mesh as mesh_lib
 
 Names = tuple[str | None, ...]
 
@@ -33,8 +33,8 @@ def linear(din: int, dout: int, names: Names, *, rngs: nnx.Rngs, dtype: Any = "f
   """nnx.Linear (kernel [din, dout]) with logical axes `names` on the kernel."""
   return nnx.Linear(
     din, dout, use_bias=use_bias, dtype=as_dtype(dtype), param_dtype=as_dtype(param_dtype),
-    kernel_init=nnx.with_partitioning(kernel_init, names),
-    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), names[-1:]),
+    kernel_init=mesh_lib.logical(kernel_init, names),
+    bias_init=mesh_lib.logical(nnx.initializers.zeros_init(), names[-1:]),
     rngs=rngs)
 
 
@@ -45,8 +45,8 @@ class LayerNorm(nnx.Module):
     self.norm = nnx.LayerNorm(
       dim, epsilon=eps, dtype=jnp.float32, param_dtype=as_dtype(param_dtype),
       use_fast_variance=False,
-      scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)),
-      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("norm",)),
+      scale_init=mesh_lib.logical(nnx.initializers.ones_init(), ("norm",)),
+      bias_init=mesh_lib.logical(nnx.initializers.zeros_init(), ("norm",)),
       rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -69,9 +69,9 @@ class Deconv(nnx.Module):
     # PyTorch's ConvTranspose2d computes fan_in from weight dim 1 (= out * k * k).
     init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", in_axis=(0, 1, 3),
                                              out_axis=2)
-    self.kernel = nnx.Param(nnx.with_partitioning(init, (None, None) + tuple(names))(
+    self.kernel = nnx.Param(mesh_lib.logical(init, (None, None) + tuple(names))(
       rngs.params(), (k, k, din, dout), as_dtype(param_dtype)))
-    self.bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros_init(), names[-1:])(
+    self.bias = nnx.Param(mesh_lib.logical(nnx.initializers.zeros_init(), names[-1:])(
       rngs.params(), (dout,), as_dtype(param_dtype)))
 
   def __call__(self, x: jax.Array) -> jax.Array:

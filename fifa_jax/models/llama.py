@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from fifa_jax import mesh as _mesh  # (also turns eager sharding off)
+from fifa_jax import mesh as _mesh
 from fifa_jax.models.lora import LoraConfig, LoraLinear
 
 
@@ -117,7 +117,7 @@ class RMSNorm(nnx.Module):
 
   def __init__(self, dim: int, eps: float, *, param_dtype=jnp.float32):
     self.eps = eps
-    self.weight = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=("norm",))
+    self.weight = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=("norm",), eager_sharding=False)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
@@ -250,7 +250,7 @@ class LlamaModel(nnx.Module):
     self.embed_tokens = nnx.Embed(
         cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype),
         param_dtype=jnp.dtype(cfg.param_dtype),
-        embedding_init=nnx.with_partitioning(nnx.initializers.normal(cfg.initializer_range),
+        embedding_init=_mesh.logical(nnx.initializers.normal(cfg.initializer_range),
                                              ("vocab", "embed")),
         rngs=rngs)
     if cfg.scan_layers:

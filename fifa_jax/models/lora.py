@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fifa_jax import mesh as _mesh  # noqa: F401  (turns eager sharding off)
+from fifa_jax import mesh as mesh_lib
 
 # Projections of a LLaMA block that may carry an adapter (peft's names).
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -63,7 +63,7 @@ class LoraLinear(nnx.Linear):
                rngs: nnx.Rngs):
     super().__init__(in_features, out_features, use_bias=False, dtype=dtype,
                      param_dtype=param_dtype,
-                     kernel_init=nnx.with_partitioning(kernel_init, axes), rngs=rngs)
+                     kernel_init=mesh_lib.logical(kernel_init, axes), rngs=rngs)
     self.lora = lora
     if lora is None:
       self.lora_a = self.lora_b = self.lora_dropout = None
@@ -72,9 +72,9 @@ class LoraLinear(nnx.Linear):
     a_init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
     self.lora_a = nnx.LoRAParam(
         a_init(rngs.params(), (in_features, lora.rank), param_dtype),
-        out_sharding=(axes[0], "lora_rank"))
+        out_sharding=(axes[0], "lora_rank"), eager_sharding=False)
     self.lora_b = nnx.LoRAParam(jnp.zeros((lora.rank, out_features), param_dtype),
-                                out_sharding=("lora_rank", axes[1]))
+                                out_sharding=("lora_rank", axes[1]), eager_sharding=False)
     self.lora_dropout = nnx.Dropout(lora.dropout, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fifa_jax import mesh as mesh_lib
 from fifa_jax.models.layers import LayerNorm, as_dtype, linear
 
 
@@ -164,7 +165,7 @@ class MultiTaskDecoder(nnx.Module):
     self.config = cfg
     self.transformer = TwoWayTransformer(cfg, rngs=rngs)
     self.pe_layer = PositionEmbeddingRandom(cfg.dim, cfg.pe_scale, rngs=rngs)
-    init = nnx.with_partitioning(nnx.initializers.normal(1.0), ("decoder_embed",))
+    init = mesh_lib.logical(nnx.initializers.normal(1.0), ("decoder_embed",))
     pdt = as_dtype(cfg.param_dtype)
 
     def embedding():  # nn.Embedding's N(0, 1), like SAM's output tokens

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fifa_jax import mesh as mesh_lib
 from fifa_jax.models.layers import LayerNorm, as_dtype, linear, quick_gelu
 
 
@@ -149,11 +150,11 @@ class VisionTransformer(nnx.Module):
     pdt = as_dtype(cfg.param_dtype)
     w, p = cfg.width, cfg.patch_size
     scale = w ** -0.5  # OpenAI's init for the embeddings and proj
-    normal = lambda names: nnx.with_partitioning(nnx.initializers.normal(scale), names)
+    normal = lambda names: mesh_lib.logical(nnx.initializers.normal(scale), names)
     self.conv1 = nnx.Conv(
       3, w, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=self.dtype,
       param_dtype=pdt, rngs=rngs,
-      kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(),
+      kernel_init=mesh_lib.logical(nnx.initializers.lecun_normal(),
                                         ("patch", "patch", "conv_in", "vit_embed")))
     self.class_embedding = nnx.Param(normal(("vit_embed",))(rngs.params(), (w,), pdt))
     self.positional_embedding = nnx.Param(
