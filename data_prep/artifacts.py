@@ -36,7 +36,7 @@ import math
 import cv2
 import numpy as np
 
-from data_prep import masks as M
+from data_prep import masks
 from data_prep import regions, sparse
 
 from fifa_jax import fict
@@ -202,5 +202,5 @@ def parent_boxes_sparse(allm: list) -> np.ndarray:
 def regional_artifact_masks(atomic: np.ndarray, artifact: np.ndarray) -> np.ndarray:
   """Regional Artifact Masks: Region Masks AND the artifact mask (bool, or packed with
   the artifact packed to match)."""
-  art = M.pack(artifact) if atomic.dtype == np.uint8 else np.asarray(artifact, bool)
+  art = masks.pack(artifact) if atomic.dtype == np.uint8 else np.asarray(artifact, bool)
   return atomic & art[None]

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from fifa_jax import fict, tokens
-from fifa_jax.data import records as R
+from fifa_jax.data import records
 
 ROOT = fict.ROOT
 _NAME_POS = {n: i for i, n in enumerate(fict.NAMES)}
@@ -89,10 +89,10 @@ def read_manifest(src: str | os.PathLike) -> list[dict]:
     missing = [k for k in _REQUIRED if k not in it]
     if missing:
       raise BuildError(f"{path}:{n}: missing {missing}")
-    if it["split"] not in R.SPLITS:
-      raise BuildError(f"{path}:{n}: split {it['split']!r} is not one of {R.SPLITS}")
-    if it["technique"] not in R.TECHNIQUE_CATEGORY:
-      raise BuildError(f"{path}:{n}: technique {it['technique']!r} is not one of {sorted(R.TECHNIQUE_CATEGORY)}")
+    if it["split"] not in records.SPLITS:
+      raise BuildError(f"{path}:{n}: split {it['split']!r} is not one of {records.SPLITS}")
+    if it["technique"] not in records.TECHNIQUE_CATEGORY:
+      raise BuildError(f"{path}:{n}: technique {it['technique']!r} is not one of {sorted(records.TECHNIQUE_CATEGORY)}")
     if it["image_id"] in seen:
       raise BuildError(f"{path}:{n}: image_id {it['image_id']!r} appears twice")
     seen.add(it["image_id"])
@@ -161,28 +161,28 @@ def plan_image(d: dict, max_region: int | None = None, max_box: int | None = Non
   return Plan(concepts, parents, regions, boxes, bage, stats)
 
 
-def _record(item, task, k, seed, **kw) -> R.QARecord:
+def _record(item, task, k, seed, **kw) -> records.QARecord:
   rid = f"{item['image_id']}/{task}/{k}"
   rng = random.Random(f"{seed}/{rid}")
   prompt = tokens.render_prompt(task, region=kw.get("region"), rng=rng)
-  return R.make_qa_record(record_id=rid, image_id=item["image_id"], source=item.get("source") or item["technique"],
+  return records.make_qa_record(record_id=rid, image_id=item["image_id"], source=item.get("source") or item["technique"],
                           split=item["split"], task=task, prompt=prompt, technique=item["technique"], **kw)
 
 
-def label_records(item: dict, seed: int) -> list[R.QARecord]:
+def label_records(item: dict, seed: int) -> list[records.QARecord]:
   fake = item["label"] == "fake"
-  cat = R.TECHNIQUE_CATEGORY[item["technique"]]
+  cat = records.TECHNIQUE_CATEGORY[item["technique"]]
   if (cat != "real") != fake:
     raise BuildError(f"image {item['image_id']}: label {item['label']!r} disagrees with technique "
                      f"{item['technique']!r} ({cat})")
   return [_record(item, "det", 0, seed, answer=tokens.det_answer(fake), det_label=int(fake)),
-          _record(item, "cls", 0, seed, answer=tokens.cls_answer(cat), cls_label=R.cls_label_of(item["technique"]))]
+          _record(item, "cls", 0, seed, answer=tokens.cls_answer(cat), cls_label=records.cls_label_of(item["technique"]))]
 
 
 def grounded_records(item: dict, plan: Plan, summaries: dict, explainer: str, seed: int,
-                     failures: list) -> list[R.QARecord]:
+                     failures: list) -> list[records.QARecord]:
   """Loc./TOE/AGE records; `summaries[key]` = (answer, seg_concepts) or an Exception."""
-  out: list[R.QARecord] = []
+  out: list[records.QARecord] = []
   counts: Counter = Counter()
 
   def add(task, **kw):
@@ -223,7 +223,7 @@ def grounded_records(item: dict, plan: Plan, summaries: dict, explainer: str, se
 # A unit of work
 
 
-def _mask_entry(item: dict, d: dict | None, image: bytes, explainer: str | None) -> R.MaskEntry:
+def _mask_entry(item: dict, d: dict | None, image: bytes, explainer: str | None) -> records.MaskEntry:
   meta = {k: item[k] for k in ("split", "label", "technique", "identity", "base") if k in item}
   if d is None:  # Det./Cls. only: no annotation, so no Region Masks (all empty, said so)
     import cv2
@@ -232,7 +232,7 @@ def _mask_entry(item: dict, d: dict | None, image: bytes, explainer: str | None)
       raise BuildError(f"{item['image']}: not a readable image")
     h, w = im.shape[:2]
     meta["regions"] = "none"
-    return R.MaskEntry.from_masks(item["image_id"], image, np.zeros((fict.NUM_ATOMIC, h, w), bool),
+    return records.MaskEntry.from_masks(item["image_id"], image, np.zeros((fict.NUM_ATOMIC, h, w), bool),
                                   source=item.get("source") or item["technique"], meta=meta)
   am = d.get("meta") or {}
   meta.update(regions="annotator", parser=am.get("parser"), flags=am.get("flags", []),
@@ -240,7 +240,7 @@ def _mask_entry(item: dict, d: dict | None, image: bytes, explainer: str | None)
               artifact_source=am.get("artifact_source"))
   if explainer and "artifact" in d:
     meta["explainer"] = explainer
-  return R.MaskEntry.from_masks(item["image_id"], image, d["atomic"], d.get("artifact"),
+  return records.MaskEntry.from_masks(item["image_id"], image, d["atomic"], d.get("artifact"),
                                 source=item.get("source") or item["technique"],
                                 landmarks=np.asarray(d["landmarks"], np.float32), meta=meta)
 
@@ -249,7 +249,7 @@ def build_unit(items: Sequence[dict], src: Path, ann: Path, explainer, seed: int
                max_region: int | None, max_box: int | None):
   """(mask entries, QA records, failures [(id, reason)]) of one unit."""
   from data_prep import explain, store
-  from data_prep import explainers as X
+  from data_prep import explainers
 
   failures: list[tuple[str, str]] = []
   loaded = []
@@ -278,7 +278,7 @@ def build_unit(items: Sequence[dict], src: Path, ann: Path, explainer, seed: int
     loaded.append((it, d, image, plan))
 
   # Step 3 for every fake with concepts, then Steps 4/5 per parent and per Step 5 box.
-  s3_jobs = {it["image_id"]: X.Step3Job(it["image_id"], image, d["artifact"], plan.concepts, plan.stats)
+  s3_jobs = {it["image_id"]: explainers.Step3Job(it["image_id"], image, d["artifact"], plan.concepts, plan.stats)
              for it, d, image, plan in loaded if plan is not None and plan.concepts}
   desc = explainer.step3(s3_jobs) if s3_jobs else {}
   s4_jobs, s4_meta = {}, {}
@@ -303,7 +303,7 @@ def build_unit(items: Sequence[dict], src: Path, ann: Path, explainer, seed: int
       summaries[image_id][skey] = text
       continue
     try:
-      summaries[image_id][skey] = explain.parse_summary(X.clean_summary(text), cs)
+      summaries[image_id][skey] = explain.parse_summary(explainers.clean_summary(text), cs)
     except explain.ExplainError as e:
       summaries[image_id][skey] = explain.ExplainError(f"summary rejected: {e}")
 
@@ -315,7 +315,7 @@ def build_unit(items: Sequence[dict], src: Path, ann: Path, explainer, seed: int
         rs += grounded_records(it, plan, summaries.get(it["image_id"], {}), explainer.name, seed, failures)
       entries.append(_mask_entry(it, d, image, explainer.name if plan is not None else None))
       recs += rs
-    except (R.RecordError, BuildError) as e:
+    except (records.RecordError, BuildError) as e:
       failures.append((it["image_id"], str(e)))
   return entries, recs, failures
 
@@ -326,7 +326,7 @@ def build_unit(items: Sequence[dict], src: Path, ann: Path, explainer, seed: int
 
 def _units(items: Sequence[dict], per_unit: int) -> list[tuple[str, list[dict]]]:
   out = []
-  for split in R.SPLITS:
+  for split in records.SPLITS:
     its = [it for it in items if it["split"] == split]
     for k in range(0, len(its), per_unit):
       out.append((f"{split}-{k // per_unit:05d}", its[k:k + per_unit]))
@@ -344,7 +344,7 @@ def build(src, ann, out, *, explainer: str = "offline", images_per_unit: int = 6
           max_region: int | None = None, max_box: int | None = None, progress: bool = True) -> dict:
   """Build (or resume) the shards; returns the summary written to OUT/build.json."""
   from tqdm import tqdm
-  from data_prep import explainers as X
+  from data_prep import explainers
 
   src, ann, out = Path(src), Path(ann), Path(out)
   if not ann.is_dir():
@@ -362,7 +362,7 @@ def build(src, ann, out, *, explainer: str = "offline", images_per_unit: int = 6
                        "use a new --out folder or delete this one")
   else:
     cfg_path.write_text(json.dumps({"key": key, "args": args, "src": str(src), "ann": str(ann)}, indent=2))
-  ex = X.make(explainer, out / "explain_cache", progress=False)
+  ex = explainers.make(explainer, out / "explain_cache", progress=False)
   units = _units(items, images_per_unit)
   (out / "units").mkdir(exist_ok=True)
   todo = [(name, its) for name, its in units if not (out / "units" / f"{name}.json").is_file()]
@@ -376,12 +376,12 @@ def build(src, ann, out, *, explainer: str = "offline", images_per_unit: int = 6
     split = its[0]["split"]
     entries, recs, fails = build_unit(its, src, ann, ex, seed, max_region, max_box)
     mask_name = f"masks-{name}.array_record"
-    R.write_shard(out / "masks" / mask_name, (e.to_bytes() for e in entries))
+    records.write_shard(out / "masks" / mask_name, (e.to_bytes() for e in entries))
     by_task: dict[str, list] = defaultdict(list)
     for r in recs:
       by_task[r.task].append(r)
     for task, rs in by_task.items():  # one shard per task: training mixes tasks by weight
-      R.write_qa_records(out / "qa" / split / f"{task}-{name}.array_record", rs)
+      records.write_qa_records(out / "qa" / split / f"{task}-{name}.array_record", rs)
     for rid, reason in fails:
       log.write(f"{rid}\t{reason}\n")
     log.flush()
@@ -396,8 +396,8 @@ def build(src, ann, out, *, explainer: str = "offline", images_per_unit: int = 6
   bar.close()
   log.close()
   markers = [json.loads((out / "units" / f"{n}.json").read_text()) for n, _ in units]
-  R.MaskStore.write_index(out / "masks", [(m["mask_shard"], m["image_ids"]) for m in markers])
-  counts = {s: {t: 0 for t in tokens.TASKS} for s in R.SPLITS}
+  records.MaskStore.write_index(out / "masks", [(m["mask_shard"], m["image_ids"]) for m in markers])
+  counts = {s: {t: 0 for t in tokens.TASKS} for s in records.SPLITS}
   for m in markers:
     for t, c in m["counts"].items():
       counts[m["split"]][t] += c

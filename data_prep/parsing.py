@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_prep import geometry as G
+from data_prep import geometry
 from data_prep import mesh
 
 CLASSES = ("background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear",
@@ -230,10 +230,10 @@ NECK_LENGTH = 0.35
 def builtin_labels(person: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
   """The builtin parser's label map from a person mask and the landmarks."""
   shape = person.shape
-  f = G.FaceFrame(landmarks, shape)
+  f = geometry.FaceFrame(landmarks, shape)
   P = f.pts
   lab = np.zeros(shape, np.uint8)
-  face = G.fill(shape, P(mesh.FACE_OVAL))
+  face = geometry.fill(shape, P(mesh.FACE_OVAL))
   person = person | face
   v = f.v_map
 
@@ -243,7 +243,7 @@ def builtin_labels(person: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
   face_h = max(chin[1] - top[1], 0.5)
   jaw_r, jaw_l = f.uv(P([172]))[0], f.uv(P([397]))[0]
   v_neck_bot = chin[1] + NECK_LENGTH * face_h
-  col = G.fill(shape, f.xy(np.array([[jaw_r[0], jaw_r[1]], [jaw_l[0], jaw_l[1]],
+  col = geometry.fill(shape, f.xy(np.array([[jaw_r[0], jaw_r[1]], [jaw_l[0], jaw_l[1]],
                                      [jaw_l[0], v_neck_bot], [jaw_r[0], v_neck_bot]])))
   body = person & ~face
   neck = body & col
@@ -266,7 +266,7 @@ def builtin_labels(person: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     c_uv = np.array([anchor[0] + out_dir * 0.06 * scale, (v0 + v1) / 2])
     c = f.xy(c_uv)
     angle = np.degrees(np.arctan2(f.ex[1], f.ex[0]))
-    ears[cls] = G.ellipse(shape, c, (0.14 * scale * f.s, max(0.5, (v1 - v0) / 2) * f.s), angle) & person & ~face
+    ears[cls] = geometry.ellipse(shape, c, (0.14 * scale * f.s, max(0.5, (v1 - v0) / 2) * f.s), angle) & person & ~face
 
   np.copyto(lab, C["hair"], where=person)  # copyto/fillPoly: far cheaper than lab[mask] = c
   np.copyto(lab, C["cloth"], where=cloth)
@@ -278,5 +278,5 @@ def builtin_labels(person: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
                     ("l_eye", mesh.mirror(mesh.EYE)), ("u_lip", mesh.LIP_OUT_UP + mesh.LIP_IN_UP[::-1]),
                     ("l_lip", mesh.LIP_OUT_LO + mesh.LIP_IN_LO[::-1]),
                     ("mouth", mesh.LIP_IN_UP + mesh.LIP_IN_LO[-2:0:-1])):
-    G.paint(lab, P(poly), C[cls])  # later polygons paint over earlier ones
+    geometry.paint(lab, P(poly), C[cls])  # later polygons paint over earlier ones
   return lab

@@ -31,9 +31,9 @@ import sys
 import cv2
 import numpy as np
 
-from data_prep import geometry as G
+from data_prep import geometry
 from data_prep import mesh
-from data_prep import sparse as S
+from data_prep import sparse
 from data_prep.parsing import C
 
 try:
@@ -188,14 +188,14 @@ class _Ctx:
   def __init__(self, labels: np.ndarray, landmarks: np.ndarray):
     self.lab = labels
     self.shape = labels.shape
-    self.f = G.FaceFrame(landmarks, self.shape)
+    self.f = geometry.FaceFrame(landmarks, self.shape)
     self.lm = self.f.lm
     self.w = self.f.px(EDGE)
     self.wt = self.f.px(THIN_EDGE)
     self._cls = {}
-    self.left = S.Sp.full(self.f.left)
+    self.left = sparse.Sp.full(self.f.left)
 
-  def cls(self, *names) -> S.Sp:
+  def cls(self, *names) -> sparse.Sp:
     """Pixels of any of the parsing classes, on their bounding box (cached)."""
     m = self._cls.get(names)
     if m is None:
@@ -205,37 +205,37 @@ class _Ctx:
         lut = np.zeros(256, np.uint8)
         lut[[C[n] for n in names]] = 1
         a = cv2.LUT(self.lab, lut).view(bool)
-      m = self._cls[names] = S.Sp.full(a).tight()
+      m = self._cls[names] = sparse.Sp.full(a).tight()
     return m
 
-  def cls_in(self, *names) -> S.Field:
+  def cls_in(self, *names) -> sparse.Field:
     """Pixels of any of the parsing classes, evaluated only on the box of the mask it
     is ANDed with (for classes only ever intersected with a landmark region)."""
     lab = self.lab
     if len(names) == 1:
       c = C[names[0]]
-      return S.Field(lambda y0, y1, x0, x1: lab[y0:y1, x0:x1] == c)
+      return sparse.Field(lambda y0, y1, x0, x1: lab[y0:y1, x0:x1] == c)
     lut = np.zeros(256, np.uint8)
     lut[[C[n] for n in names]] = 1
-    return S.Field(lambda y0, y1, x0, x1: cv2.LUT(lab[y0:y1, x0:x1], lut).view(bool))
+    return sparse.Field(lambda y0, y1, x0, x1: cv2.LUT(lab[y0:y1, x0:x1], lut).view(bool))
 
   def P(self, idx, side="R") -> np.ndarray:
     return self.lm[list(idx) if side == "R" else mesh.mirror(idx)]
 
-  def poly(self, idx, side="R") -> S.Sp:
-    return S.fill(self.shape, self.P(idx, side))
+  def poly(self, idx, side="R") -> sparse.Sp:
+    return sparse.fill(self.shape, self.P(idx, side))
 
-  def sym(self, chain) -> S.Sp:
-    return S.fill(self.shape, self.lm[mesh.sym_polygon(chain)])
+  def sym(self, chain) -> sparse.Sp:
+    return sparse.fill(self.shape, self.lm[mesh.sym_polygon(chain)])
 
   def push(self, pts, du=0.0, dv=0.0) -> np.ndarray:
     return pts + self.f.s * (du * self.f.ex + dv * self.f.ey)
 
-  def below(self, v0: float) -> S.Field:
+  def below(self, v0: float) -> sparse.Field:
     """Pixels (centres) with v > v0: below a line across the face."""
-    return S.halfplane(self.shape, self.f.xy(np.array([0.0, v0])), self.f.ey)
+    return sparse.halfplane(self.shape, self.f.xy(np.array([0.0, v0])), self.f.ey)
 
-  def v_range(self, mask: S.Sp) -> tuple[float, float]:
+  def v_range(self, mask: sparse.Sp) -> tuple[float, float]:
     """Least and greatest v of a non-empty mask's pixel centres.  v is linear in x along
     a row, so only each row's first and last pixel are needed."""
     a = mask.a
@@ -256,9 +256,9 @@ class _Ctx:
     seg = np.zeros((sh, sw), np.uint8)
     for si, side in enumerate("RL"):
       for pi, part in enumerate(OVAL_PART_NAMES):
-        pts = G._fix(self.P(mesh.OVAL_PARTS[part], side) / k)
-        cv2.polylines(seeds, [pts], False, 0, 1, cv2.LINE_8, G._SHIFT)
-        cv2.polylines(seg, [pts], False, si * 5 + pi + 1, 1, cv2.LINE_8, G._SHIFT)
+        pts = geometry._fix(self.P(mesh.OVAL_PARTS[part], side) / k)
+        cv2.polylines(seeds, [pts], False, 0, 1, cv2.LINE_8, geometry._SHIFT)
+        cv2.polylines(seg, [pts], False, si * 5 + pi + 1, 1, cv2.LINE_8, geometry._SHIFT)
     dist, lab = cv2.distanceTransformWithLabels(seeds, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
     zy, zx = np.nonzero(seeds == 0)
     lut = np.zeros(lab.max() + 1, np.uint8)
@@ -290,9 +290,9 @@ class _Ctx:
                    max(0, math.floor(x * w / sw) - 1), min(w, math.ceil((x + bw) * w / sw) + 1))
     return out
 
-  def in_part(self, m: S.Sp, code: int) -> S.Sp:
+  def in_part(self, m: sparse.Sp, code: int) -> sparse.Sp:
     """The pixels of m whose nearest oval part is `code` (looked at inside that part's box)."""
-    return m.clip(*self.part_boxes[code]) & S.equal(self.part, code)
+    return m.clip(*self.part_boxes[code]) & sparse.equal(self.part, code)
 
 
 def _outer_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -> None:
@@ -306,15 +306,15 @@ def _outer_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) 
 
   # --- hair
   hair = x.cls("hair")
-  near = hair & S.threshold_le(d_oval, NEAR_HAIR)
+  near = hair & sparse.threshold_le(d_oval, NEAR_HAIR)
   for si, side in enumerate(("right", "left")):
     for pi, p in enumerate(OVAL_PART_NAMES):
       out[f"hair near {_side_part(p, side)}"] = x.in_part(near, si * 5 + pi + 1)
   outer = hair & ~near
   out["left part of outer hair"] = outer & left
   out["right part of outer hair"] = outer & right
-  band = S.edge_band(hair, w)
-  inner = band & S.dilate(face_cls | ears_cls, 2 * w)
+  band = sparse.edge_band(hair, w)
+  inner = band & sparse.dilate(face_cls | ears_cls, 2 * w)
   out["inner edge of hair"] = inner
   out["outer edge of hair"] = band & ~inner
 
@@ -328,17 +328,17 @@ def _outer_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) 
       out[f"lower part of {side} ear"] = ear & low
     else:
       out[f"upper part of {side} ear"] = out[f"lower part of {side} ear"] = ear
-    out[f"edges of {side} ear"] = S.edge_band(ear, w)
+    out[f"edges of {side} ear"] = sparse.edge_band(ear, w)
 
   # --- neck, adornments, clothing, background
   for concept, cls in (("neck", "neck"), ("hat", "hat"), ("eyeglasses", "eye_g"), ("clothing", "cloth")):
     m = x.cls(cls)
     out[concept] = m
-    out[f"edges of {concept}"] = S.edge_band(m, w)
+    out[f"edges of {concept}"] = sparse.edge_band(m, w)
   ring = x.cls("ear_r")
   out["left earring"] = ring & left
   out["right earring"] = ring & right
-  out["edges of earrings"] = S.edge_band(ring, w)
+  out["edges of earrings"] = sparse.edge_band(ring, w)
   bg = x.cls("background")
   out["left part of background"] = bg & left
   out["right part of background"] = bg & right
@@ -360,7 +360,7 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
   top_l = x.push(x.P(mesh.FOREHEAD_TOP_R, "L"), dv=-FOREHEAD_UP)
   bottom_r, bottom_l = x.P(mesh.FOREHEAD_BOTTOM_R), x.P(mesh.FOREHEAD_BOTTOM_R, "L")
   poly = np.concatenate([top_r[::-1], top_l[1:], bottom_l, bottom_r[::-1][1:]])
-  forehead = S.fill(shape, poly) & skin
+  forehead = sparse.fill(shape, poly) & skin
   brow_up = np.concatenate([x.P(mesh.BROW_UP), x.P(mesh.BROW_UP, "L")])
   v_bottom = f.uv(brow_up)[:, 1].mean()
   if forehead.any():
@@ -372,9 +372,9 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
     out[f"upper {side} part of forehead"] = forehead & sides[side] & ~lower_half
     out[f"lower {side} part of forehead"] = forehead & sides[side] & lower_half
   line = np.concatenate([x.P(mesh.FOREHEAD_BOTTOM_R[1:]), x.P(mesh.FOREHEAD_BOTTOM_R[1:-1], "L")[::-1]])
-  bottom_edge = S.polyline_band(shape, line, w) & S.dilate(forehead, 2 * w)
+  bottom_edge = sparse.polyline_band(shape, line, w) & sparse.dilate(forehead, 2 * w)
   out["bottom edge of forehead"] = bottom_edge
-  out["top edge of forehead"] = S.edge_band(forehead, w) & ~lower_half & ~bottom_edge
+  out["top edge of forehead"] = sparse.edge_band(forehead, w) & ~lower_half & ~bottom_edge
 
   # --- temples
   for side in ("left", "right"):
@@ -383,16 +383,16 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
     lat = x.P([54, 21, 162, 127], sk)
     poly = np.concatenate([lat[:1], x.push(lat, du=out_dir * TEMPLE_OUT), lat[-1:],
                            x.P([143, 35, 124, 46, 70], sk)])
-    t = S.fill(shape, poly) & skin
+    t = sparse.fill(shape, poly) & skin
     out[f"{side} temple"] = t
-    out[f"edges of {side} temple"] = S.edge_band(t, w)
+    out[f"edges of {side} temple"] = sparse.edge_band(t, w)
 
   # --- eyebrows
   brow_cls = x.cls_in("l_brow", "r_brow")
   brows = []
   for side in ("left", "right"):
     sk = sidekey[side]
-    roi = S.dilate(x.poly(mesh.BROW, sk), f.px(FEATURE_ROI))
+    roi = sparse.dilate(x.poly(mesh.BROW, sk), f.px(FEATURE_ROI))
     brow = brow_cls & roi
     brows.append(brow)
     head = (x.P([107], sk)[0] + x.P([55], sk)[0]) / 2
@@ -401,17 +401,17 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
     n = np.array([-axis[1], axis[0]]) / max(np.hypot(*axis), 1e-6) * f.s
     for name, t0, t1 in (("headstart", -1.0, 1 / 3), ("middle part", 1 / 3, 2 / 3), ("tail", 2 / 3, 2.0)):
       a, b = head + t0 * axis, head + t1 * axis
-      out[f"{name} of {side} eyebrow"] = brow & S.fill(shape, np.array([a - n, b - n, b + n, a + n]))
+      out[f"{name} of {side} eyebrow"] = brow & sparse.fill(shape, np.array([a - n, b - n, b + n, a + n]))
     up, lo = x.P(mesh.BROW_UP, sk), x.P(mesh.BROW_LO, sk)
     centre = (up + lo) / 2
     ext0 = centre[0] + (centre[0] - centre[-1]) * 0.5
     ext1 = centre[-1] + (centre[-1] - centre[0]) * 0.5
     cl = np.concatenate([[ext0], centre, [ext1]])
-    upper = S.fill(shape, np.concatenate([cl, x.push(cl, dv=-1.0)[::-1]]))
-    bband = S.edge_band(brow, wt)
+    upper = sparse.fill(shape, np.concatenate([cl, x.push(cl, dv=-1.0)[::-1]]))
+    bband = sparse.edge_band(brow, wt)
     out[f"top edge of {side} eyebrow"] = bband & upper
     out[f"bottom edge of {side} eyebrow"] = bband & ~upper
-  brows_all = S.union(brows)
+  brows_all = sparse.union(brows)
   out["region between eyebrows"] = x.sym(mesh.BETWEEN_BROWS_CHAIN) & skin & ~brows_all
 
   # --- eyes
@@ -419,15 +419,15 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
   eyes = []
   for side in ("left", "right"):
     sk = sidekey[side]
-    eye = eye_cls & S.dilate(x.poly(mesh.EYE, sk), f.px(FEATURE_ROI * 0.5))
+    eye = eye_cls & sparse.dilate(x.poly(mesh.EYE, sk), f.px(FEATURE_ROI * 0.5))
     eyes.append(eye)
     c = x.P([mesh.IRIS_CENTER], sk)[0]
     r = float(np.linalg.norm(x.P(mesh.IRIS_RIM, sk) - c, axis=1).mean())
-    disk = S.ellipse(shape, c, (r, r), 0.0)
+    disk = sparse.ellipse(shape, c, (r, r), 0.0)
     out[f"iris of {side} eye"] = eye & disk
     out[f"sclera of {side} eye"] = eye & ~disk
-    out[f"top edge of {side} eye"] = S.polyline_band(shape, x.P(mesh.EYE_UP, sk), wt)
-    out[f"bottom edge of {side} eye"] = S.polyline_band(shape, x.P(mesh.EYE_LO, sk), wt)
+    out[f"top edge of {side} eye"] = sparse.polyline_band(shape, x.P(mesh.EYE_UP, sk), wt)
+    out[f"bottom edge of {side} eye"] = sparse.polyline_band(shape, x.P(mesh.EYE_LO, sk), wt)
     out[f"upper eyelid of {side} eye"] = x.poly(mesh.EYE_UP + mesh.RING3_UP[::-1], sk) & skin
     out[f"lower eyelid of {side} eye"] = x.poly(mesh.EYE_LO + mesh.RING2_LO[::-1], sk) & skin
     out[f"eye bag of {side} eye"] = x.poly(mesh.RING2_LO + mesh.RING3_LO[::-1], sk) & skin
@@ -435,7 +435,7 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
     out[f"lower eye socket of {side} eye"] = x.poly(mesh.RING3_LO + mesh.RING4_LO[::-1], sk) & skin
   nose_cls = x.cls_in("nose")
   nose_any = x.cls_in("nose", "skin")
-  out["region between eyes"] = x.sym(mesh.BETWEEN_EYES_CHAIN) & nose_any & ~S.union(eyes)
+  out["region between eyes"] = x.sym(mesh.BETWEEN_EYES_CHAIN) & nose_any & ~sparse.union(eyes)
 
   # --- nose
   out["nasion"] = x.sym(mesh.NASION_CHAIN) & nose_any
@@ -443,8 +443,8 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
   out["nose base"] = x.sym(mesh.BASE_CHAIN) & nose_any
   out["nasal ala of right side"] = x.poly(mesh.ALA_R) & nose_any
   out["nasal ala of left side"] = x.poly(mesh.ALA_R, "L") & nose_any
-  nose_roi = S.dilate(x.sym(mesh.NOSE_CHAIN), f.px(0.3))
-  out["edges of nose"] = S.edge_band(nose_cls & nose_roi, w)
+  nose_roi = sparse.dilate(x.sym(mesh.NOSE_CHAIN), f.px(0.3))
+  out["edges of nose"] = sparse.edge_band(nose_cls & nose_roi, w)
 
   # --- cheeks, nasolabial folds
   for side in ("left", "right"):
@@ -454,20 +454,20 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
     low = x.below(v_split)
     out[f"upper part of {side} cheek"] = cheek & ~low
     out[f"lower part of {side} cheek"] = cheek & low
-    out[f"edges of {side} cheek"] = S.edge_band(cheek, w)
-    out[f"nasolabial fold of {side} side"] = S.polyline_band(shape, x.P(mesh.NASOLABIAL_R, sk), f.px(FOLD)) & skin
+    out[f"edges of {side} cheek"] = sparse.edge_band(cheek, w)
+    out[f"nasolabial fold of {side} side"] = sparse.polyline_band(shape, x.P(mesh.NASOLABIAL_R, sk), f.px(FOLD)) & skin
 
   # --- mouth
-  mroi = S.dilate(S.fill(shape, x.P(mesh.LIP_OUT_UP + mesh.LIP_OUT_LO[-2:0:-1])), f.px(FEATURE_ROI))
+  mroi = sparse.dilate(sparse.fill(shape, x.P(mesh.LIP_OUT_UP + mesh.LIP_OUT_LO[-2:0:-1])), f.px(FEATURE_ROI))
   ulip, llip, cav = mroi & x.cls_in("u_lip"), mroi & x.cls_in("l_lip"), mroi & x.cls_in("mouth")
   out["upper lip"], out["lower lip"], out["oral cavity"] = ulip, llip, cav
-  band = S.edge_band(ulip | llip | cav, w)
+  band = sparse.edge_band(ulip | llip | cav, w)
   c0, c1 = x.P([61])[0], x.P([291])[0]
   dirv = c1 - c0
   nrm = np.array([-dirv[1], dirv[0]])
   if nrm @ f.ey < 0:
     nrm = -nrm
-  below_corners = S.halfplane(shape, c0, nrm)
+  below_corners = sparse.halfplane(shape, c0, nrm)
   out["top edge of mouth"] = band & ~below_corners
   out["bottom edge of mouth"] = band & below_corners
 
@@ -475,29 +475,29 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
   for side in ("left", "right"):
     sk = sidekey[side]
     jaw = x.poly(mesh.JAW_R, sk) & skin
-    depth = float(S.values_in(d_oval, jaw).max()) if jaw.any() else 0.0
-    low = jaw & S.threshold_le(d_oval, min(LOWER_JAW, depth / 2))
+    depth = float(sparse.values_in(d_oval, jaw).max()) if jaw.any() else 0.0
+    low = jaw & sparse.threshold_le(d_oval, min(LOWER_JAW, depth / 2))
     out[f"{side} part of lower jaw"] = low
     out[f"{side} part of upper jaw"] = jaw & ~low
-  out["top edge of jaws"] = (S.polyline_band(shape, x.P(mesh.CHEEK_JAW_LINE_R), w)
-                             | S.polyline_band(shape, x.P(mesh.CHEEK_JAW_LINE_R, "L"), w))
-  out["bottom edge of jaws"] = (S.polyline_band(shape, x.P(mesh.JAWLINE_R), w)
-                                | S.polyline_band(shape, x.P(mesh.JAWLINE_R, "L"), w))
+  out["top edge of jaws"] = (sparse.polyline_band(shape, x.P(mesh.CHEEK_JAW_LINE_R), w)
+                             | sparse.polyline_band(shape, x.P(mesh.CHEEK_JAW_LINE_R, "L"), w))
+  out["bottom edge of jaws"] = (sparse.polyline_band(shape, x.P(mesh.JAWLINE_R), w)
+                                | sparse.polyline_band(shape, x.P(mesh.JAWLINE_R, "L"), w))
   chin = x.sym(mesh.CHIN_CHAIN) & skin
   out["left part of chin"] = chin & left
   out["right part of chin"] = chin & right
-  out["edges of chin"] = S.edge_band(chin, w)
+  out["edges of chin"] = sparse.edge_band(chin, w)
   out["philtrum"] = x.sym(mesh.PHILTRUM_CHAIN) & skin
 
   # --- face edge
-  fband = S.edge_band(face_cls, w) & S.threshold_le(d_oval, 0.5)
+  fband = sparse.edge_band(face_cls, w) & sparse.threshold_le(d_oval, 0.5)
   for si, side in enumerate(("right", "left")):
     for pi, p in enumerate(OVAL_PART_NAMES):
       out[f"face edge near {_side_part(p, side)}"] = x.in_part(fband, si * 5 + pi + 1)
 
 
 
-def sparse_atomic(labels: np.ndarray, landmarks: np.ndarray) -> list[S.Sp]:
+def sparse_atomic(labels: np.ndarray, landmarks: np.ndarray) -> list[sparse.Sp]:
   """The 112 atomic Region Masks in `fict.ATOMIC` order, each on its bounding box
   (data_prep.sparse.Sp; an empty mask has an empty box).
 
@@ -506,7 +506,7 @@ def sparse_atomic(labels: np.ndarray, landmarks: np.ndarray) -> list[S.Sp]:
   labels = np.ascontiguousarray(labels, dtype=np.uint8)
   x = _Ctx(labels, np.asarray(landmarks, np.float64))
   part, d_oval = x.oval_parts()
-  out: dict[str, S.Sp] = {}
+  out: dict[str, sparse.Sp] = {}
   _outer_concepts(x, part, d_oval, out)
   _face_concepts(x, part, d_oval, out)
   missing = [a for a in fict.ATOMIC if a not in out]
@@ -515,14 +515,14 @@ def sparse_atomic(labels: np.ndarray, landmarks: np.ndarray) -> list[S.Sp]:
   return [out[a].tight() for a in fict.ATOMIC]
 
 
-def sparse_all(atomic: list[S.Sp]) -> list[S.Sp]:
+def sparse_all(atomic: list[sparse.Sp]) -> list[sparse.Sp]:
   """All 184 Region Masks in `fict.NAMES` order from the tight sparse atomic ones; each
   parent is the union of its children on the union of their boxes, which is tight too."""
   allm: list = [None] * len(fict.NAMES)
   for k, p in enumerate(ATOMIC_POS):
     allm[p] = atomic[k]
   for p, ch in UNION_PLAN:
-    allm[p] = S.union([allm[c] for c in ch])
+    allm[p] = sparse.union([allm[c] for c in ch])
   return allm
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from data_prep import geometry as G
+from data_prep import geometry
 
 
 class Sp:
@@ -203,8 +203,8 @@ def halfplane(shape, point, normal) -> Field:
 
 def _canvas(shape, fixed: np.ndarray, pad: int):
   """Box (y0, y1, x0, x1) around fixed-point points plus `pad` pixels, clipped to the image."""
-  lo = (fixed.min(0) >> G._SHIFT) - pad
-  hi = (fixed.max(0) >> G._SHIFT) + pad + 1
+  lo = (fixed.min(0) >> geometry._SHIFT) - pad
+  hi = (fixed.max(0) >> geometry._SHIFT) + pad + 1
   h, w = shape
   x0, y0 = max(0, int(lo[0])), max(0, int(lo[1]))
   x1, y1 = min(w, int(hi[0])), min(h, int(hi[1]))
@@ -215,36 +215,36 @@ def fill(shape, pts) -> Sp:
   """geometry.fill(shape, pts) for one polygon."""
   if len(pts) < 3:
     return Sp.empty(shape)
-  f = G._fix(pts)
+  f = geometry._fix(pts)
   y0, y1, x0, x1 = _canvas(shape, f, 2)
   if y1 <= y0 or x1 <= x0:
     return Sp.empty(shape)
   m = np.zeros((y1 - y0, x1 - x0), np.uint8)
-  cv2.fillPoly(m, [f - np.array([x0, y0], np.int32) * G._ONE], 1, cv2.LINE_8, G._SHIFT)
+  cv2.fillPoly(m, [f - np.array([x0, y0], np.int32) * geometry._ONE], 1, cv2.LINE_8, geometry._SHIFT)
   return Sp(y0, x0, m.view(bool), shape)
 
 
 def polyline_band(shape, pts, half_width: float) -> Sp:
   t = max(1, int(round(2 * half_width)))
-  f = G._fix(pts)
+  f = geometry._fix(pts)
   y0, y1, x0, x1 = _canvas(shape, f, t // 2 + 3)
   if y1 <= y0 or x1 <= x0:
     return Sp.empty(shape)
   m = np.zeros((y1 - y0, x1 - x0), np.uint8)
-  cv2.polylines(m, [f - np.array([x0, y0], np.int32) * G._ONE], False, 1, t, cv2.LINE_8, G._SHIFT)
+  cv2.polylines(m, [f - np.array([x0, y0], np.int32) * geometry._ONE], False, 1, t, cv2.LINE_8, geometry._SHIFT)
   return Sp(y0, x0, m.view(bool), shape)
 
 
 def ellipse(shape, center, axes, angle_deg: float) -> Sp:
-  c = G._fix([center])[0]
+  c = geometry._fix([center])[0]
   r = int(np.ceil(max(axes))) + 3
   y0, y1, x0, x1 = _canvas(shape, c[None], r)
   if y1 <= y0 or x1 <= x0:
     return Sp.empty(shape)
   m = np.zeros((y1 - y0, x1 - x0), np.uint8)
-  cs = (int(c[0]) - x0 * G._ONE, int(c[1]) - y0 * G._ONE)
-  ax = tuple(max(1, int(round(a * G._ONE))) for a in axes)
-  cv2.ellipse(m, cs, ax, angle_deg, 0, 360, 1, -1, cv2.LINE_8, G._SHIFT)
+  cs = (int(c[0]) - x0 * geometry._ONE, int(c[1]) - y0 * geometry._ONE)
+  ax = tuple(max(1, int(round(a * geometry._ONE))) for a in axes)
+  cv2.ellipse(m, cs, ax, angle_deg, 0, 360, 1, -1, cv2.LINE_8, geometry._SHIFT)
   return Sp(y0, x0, m.view(bool), shape)
 
 
@@ -276,8 +276,8 @@ def edge_band(m: Sp, r: int) -> Sp:
   if t is None:
     return Sp.empty(m.shape)
   crop = t.crop(*b).view(np.uint8)
-  d = G._morph(cv2.dilate, crop, r)
-  e = G._morph(cv2.erode, crop, r, borderType=cv2.BORDER_REPLICATE)
+  d = geometry._morph(cv2.dilate, crop, r)
+  e = geometry._morph(cv2.erode, crop, r, borderType=cv2.BORDER_REPLICATE)
   return Sp(b[0], b[2], d > e, m.shape)
 
 

@@ -142,11 +142,11 @@ def data_build(
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
   """Images + annotations -> FiFa-11 ArrayRecord shards (all tasks), resumable."""
-  from data_prep import build as B  # lazy: the build side of the data contract
+  from data_prep import build  # lazy: the build side of the data contract
   try:
-    s = B.build(src, annotations, out, explainer=explainer, images_per_unit=images_per_unit, seed=seed,
+    s = build.build(src, annotations, out, explainer=explainer, images_per_unit=images_per_unit, seed=seed,
                 max_region=max_region, max_box=max_box, progress=not quiet)
-  except (B.BuildError, FileNotFoundError, ValueError) as e:
+  except (build.BuildError, FileNotFoundError, ValueError) as e:
     typer.echo(f"fifa data build: error: {e}", err=True)
     raise typer.Exit(code=2)
   n = sum(sum(c.values()) for c in s["counts"].values())
@@ -164,13 +164,13 @@ def data_stats(
   from rich.console import Console
   from rich.table import Table
 
-  from fifa_jax.data import stats as S
+  from fifa_jax.data import stats
   try:
-    per_split, sources = S.count(build_dir)
+    per_split, sources = stats.count(build_dir)
   except FileNotFoundError as e:
     typer.echo(f"fifa data stats: error: {e}", err=True)
     raise typer.Exit(code=2)
-  rows = S.table(per_split, sources)
+  rows = stats.table(per_split, sources)
   t = Table(title=f"FiFa-11 records in {build_dir}")
   for i, h in enumerate(rows[0]):
     t.add_column(h, justify="left" if i < 2 else "right")
@@ -179,7 +179,7 @@ def data_stats(
   t.add_section()
   t.add_row(*rows[-1])
   Console(width=120).print(t)
-  segs = S.seg_table(S.seg_counts(build_dir, "train"))
+  segs = stats.seg_table(stats.seg_counts(build_dir, "train"))
   if len(segs) > 1:  # every [SEG] gets its mask in training: this is what the decoder sees
     t = Table(title="[SEG]s per record (train)")
     for i, h in enumerate(segs[0]):
@@ -188,7 +188,7 @@ def data_stats(
       t.add_row(*r)
     Console(width=120).print(t)
   if check:
-    res = S.check_masks(build_dir)
+    res = stats.check_masks(build_dir)
     for rid, why in res["bad"][:10]:
       typer.echo(f"  bad: {rid}: {why}", err=True)
     typer.echo(f"mask check: {res['checked']} Loc./AGE records, {len(res['bad'])} bad")
@@ -212,15 +212,15 @@ def data_subset(
 ) -> None:
   """A few images and their records as a build of its own: train on it until the model
   reproduces them (the overfitting check; docs/learning.md)."""
-  from fifa_jax.data import subset as S
+  from fifa_jax.data import subset
   try:
-    s = S.subset(src, out, fakes=fakes, reals=reals, per_task=per_task,
+    s = subset.subset(src, out, fakes=fakes, reals=reals, per_task=per_task,
                  max_concepts=max_concepts or None, size=size, split=split)
   except (FileNotFoundError, ValueError, KeyError) as e:
     typer.echo(f"fifa data subset: error: {e}", err=True)
     raise typer.Exit(code=2)
   if archive:
-    S.to_archive(out, archive)
+    subset.to_archive(out, archive)
   typer.echo(f"{s['total']} records of {len(s['images'])} images ({', '.join(s['images'])}) -> {out}"
              + (f" and {archive}" if archive else ""))
 
@@ -233,9 +233,9 @@ def data_show(
     masks: Optional[Path] = typer.Option(None, help="mask store folder (default: the build's masks/)"),
 ) -> None:
   """Draw one record's prompt, answer and masks."""
-  from fifa_jax.data import show as S
+  from fifa_jax.data import show
   try:
-    rec = S.show(shard, index, out, masks)
+    rec = show.show(shard, index, out, masks)
   except (FileNotFoundError, IndexError, KeyError, ValueError, OSError) as e:
     typer.echo(f"fifa data show: error: {e}", err=True)
     raise typer.Exit(code=2)
@@ -251,10 +251,10 @@ def data_adapt(
     split: str = typer.Option(..., help="train, dev or test"),
 ) -> None:
   """DD-VQA / DFA-Instruct style data -> FiFa records (text-only i-toe; layouts in docs/data.md)."""
-  from fifa_jax.data import adapters as A
+  from fifa_jax.data import adapters
   try:
-    s = A.adapt(kind, annotations, images, out, split)
-  except (A.AdapterError, FileNotFoundError, ValueError) as e:
+    s = adapters.adapt(kind, annotations, images, out, split)
+  except (adapters.AdapterError, FileNotFoundError, ValueError) as e:
     typer.echo(f"fifa data adapt: error: {e}", err=True)
     raise typer.Exit(code=2)
   typer.echo(f"{kind}: {s['records']} records over {s['images']} images -> {out}")
@@ -355,7 +355,7 @@ def infer(
     typer.echo(f"  det head: fake {result['det_probs']['fake']:.3f}; wrote {where}/answer.json and overlay.png")
 
 
-# `fifa convert farl|llama|sam|model|peft` (issue 6) live in fifa_jax/convert/cli.py.
+# `fifa convert farl|llama|sam|model|peft` live in fifa_jax/convert/cli.py.
 from fifa_jax.convert.cli import register as _register_convert  # noqa: E402
 
 _register_convert(convert_app)

@@ -1,7 +1,7 @@
 """A loopback OpenAI-compatible `/v1/chat/completions` server for tests.
 
 `respond(body)` gets each request's JSON body and returns (HTTP status, reply
-text); a non-200 status is sent with `Retry-After: 0`.  `calls` records
+text); a non-200 status is sent with `Retry-After: <retry_after>` (0 by default).  `calls` records
 (path, Authorization header, body) per request.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 class LoopbackLLM:
 
-  def __init__(self, respond: Callable[[dict], tuple[int, str]]):
+  def __init__(self, respond: Callable[[dict], tuple[int, str]], retry_after: str = "0"):
     self.calls: list[tuple[str, str | None, dict]] = []
     outer = self
 
@@ -29,7 +29,7 @@ class LoopbackLLM:
         status, text = respond(body)
         if status != 200:
           self.send_response(status)
-          self.send_header("Retry-After", "0")
+          self.send_header("Retry-After", retry_after)
           self.end_headers()
           return
         data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}],

@@ -2,6 +2,7 @@
 (retries, cache, resume, usage), summary-tag parsing, the offline explainer."""
 
 import json
+import time
 
 import pytest
 
@@ -77,6 +78,20 @@ def test_failures_are_recorded_and_a_rerun_resumes(tmp_path):
     res = again.map(_jobs(4), progress=False)
     assert all(isinstance(v, str) for v in res.values())
     assert again.usage.cache_hits == 2 and len(s.calls) - n == 2
+  finally:
+    s.close()
+
+
+def test_retry_after_is_capped_by_max_backoff(tmp_path):
+  # The server asks for an hour's wait on its first answer; max_backoff_s bounds it.
+  calls = []
+  s = LoopbackLLM(lambda body: (429, "") if not calls.append(1) and len(calls) == 1 else (200, "ok"),
+                  retry_after="3600")
+  try:
+    c = E.ChatClient(s.url, "m", cache_dir=None, backoff_s=0.0, max_backoff_s=0.05)
+    t0 = time.monotonic()
+    assert c.chat([{"role": "user", "content": "hi"}]) == "ok"
+    assert time.monotonic() - t0 < 30 and c.usage.retries == 1
   finally:
     s.close()
 

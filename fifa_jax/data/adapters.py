@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from fifa_jax import fict, tokens
-from fifa_jax.data import records as R
+from fifa_jax.data import records
 
 DDVQA_TECHNIQUES = {"0": "Deepfakes", "1": "Face2Face", "2": "FaceShifter", "3": "FaceSwap",
                     "5": "Original", "6": "NeuralTextures"}
@@ -60,7 +60,7 @@ def _find_image(images: Path, key: str) -> Path | None:
   return None
 
 
-def ddvqa_records(path, images, split: str) -> Iterator[tuple[str, Path, R.QARecord]]:
+def ddvqa_records(path, images, split: str) -> Iterator[tuple[str, Path, records.QARecord]]:
   """(image id, image file, record) for every answer of a DD-VQA split file."""
   path, images = Path(path), Path(images)
   data = json.loads(path.read_text())
@@ -84,13 +84,13 @@ def ddvqa_records(path, images, split: str) -> Iterator[tuple[str, Path, R.QARec
         raise AdapterError(f"{path}: {key}/{qid}: expected 'question' (str) and 'answer' (list of str)")
       for k, ans in enumerate(answers):
         image_id = f"ddvqa/{key}"
-        yield image_id, img, R.make_qa_record(
+        yield image_id, img, records.make_qa_record(
             record_id=f"{image_id}/{qid}/{k}", image_id=image_id, source="DD-VQA", split=split,
             task="i-toe", prompt=_question(qa["question"]), answer=str(ans).strip(), technique=tech,
             det_label=int(tech != "Original"))
 
 
-def dfa_records(path, images, split: str) -> Iterator[tuple[str, Path, R.QARecord]]:
+def dfa_records(path, images, split: str) -> Iterator[tuple[str, Path, records.QARecord]]:
   """(image id, image file, record) for every turn pair of a DFA-Instruct style file."""
   path, images = Path(path), Path(images)
   data = json.loads(path.read_text())
@@ -106,15 +106,15 @@ def dfa_records(path, images, split: str) -> Iterator[tuple[str, Path, R.QARecor
     label = ex.get("label")
     det = None if label is None else int(label in (1, "1", "fake", "Fake", "FAKE"))
     tech = ex.get("technique")
-    if tech is not None and tech not in R.TECHNIQUE_CATEGORY:
-      raise AdapterError(f"{where}: technique {tech!r} is not one of {sorted(R.TECHNIQUE_CATEGORY)}")
+    if tech is not None and tech not in records.TECHNIQUE_CATEGORY:
+      raise AdapterError(f"{where}: technique {tech!r} is not one of {sorted(records.TECHNIQUE_CATEGORY)}")
     turns = ex["conversations"]
     image_id = f"dfa/{ex.get('id', n)}"
     for k in range(0, len(turns) - 1, 2):
       q, a = turns[k], turns[k + 1]
       if q.get("from") != "human" or a.get("from") not in ("gpt", "assistant"):
         raise AdapterError(f"{where}: turn {k}: expected a human turn then a gpt turn")
-      yield image_id, img, R.make_qa_record(
+      yield image_id, img, records.make_qa_record(
           record_id=f"{image_id}/{k // 2}", image_id=image_id, source="DFA-Instruct", split=split,
           task="i-toe", prompt=_question(q["value"]), answer=str(a["value"]).strip(),
           technique=tech, det_label=det)
@@ -128,8 +128,8 @@ def adapt(kind: str, path, images, out, split: str) -> dict:
   import cv2
   if kind not in ADAPTERS:
     raise AdapterError(f"unknown adapter {kind!r}; choose from {sorted(ADAPTERS)}")
-  if split not in R.SPLITS:
-    raise AdapterError(f"split {split!r} is not one of {R.SPLITS}")
+  if split not in records.SPLITS:
+    raise AdapterError(f"split {split!r} is not one of {records.SPLITS}")
   out = Path(out)
   recs, files = [], {}
   for image_id, img, rec in ADAPTERS[kind](path, images, split):
@@ -142,15 +142,15 @@ def adapt(kind: str, path, images, out, split: str) -> dict:
       im = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
       if im is None:
         raise AdapterError(f"{img}: not a readable image")
-      yield R.MaskEntry.from_masks(image_id, data, np.zeros((fict.NUM_ATOMIC, *im.shape[:2]), bool),
+      yield records.MaskEntry.from_masks(image_id, data, np.zeros((fict.NUM_ATOMIC, *im.shape[:2]), bool),
                                    source=recs[0].source, meta={"regions": "none", "split": split})
 
   name = f"masks-{kind}-{split}.array_record"
   ids = list(files)
-  R.write_shard(out / "masks" / name, (e.to_bytes() for e in entries()))
+  records.write_shard(out / "masks" / name, (e.to_bytes() for e in entries()))
   # One id list per shard, so adapting several files (splits) into one folder indexes them all.
   (out / "masks" / f"{name}.ids.json").write_text(json.dumps(ids))
   shards = sorted(out.glob("masks/masks-*.array_record.ids.json"))
-  R.MaskStore.write_index(out / "masks", [(p.name[:-len(".ids.json")], json.loads(p.read_text())) for p in shards])
-  R.write_qa_records(out / "qa" / split / f"i-toe-{split}-{kind}.array_record", recs)
+  records.MaskStore.write_index(out / "masks", [(p.name[:-len(".ids.json")], json.loads(p.read_text())) for p in shards])
+  records.write_qa_records(out / "qa" / split / f"i-toe-{split}-{kind}.array_record", recs)
   return {"records": len(recs), "images": len(ids), "out": str(out)}

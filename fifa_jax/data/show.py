@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from fifa_jax import tokens
-from fifa_jax.data import records as R
+from fifa_jax.data import records
 
 PANEL = 448
 TEXT_W = 560
@@ -33,7 +33,7 @@ def palette(n: int) -> np.ndarray:
 def find_store(shard: Path) -> Path:
   """The mask store of a build: <build>/masks for <build>/qa/<split>/<shard>."""
   cand = shard.resolve().parent.parent.parent / "masks"
-  if not (cand / R.MaskStore.INDEX).is_file():
+  if not (cand / records.MaskStore.INDEX).is_file():
     raise FileNotFoundError(f"{shard}: no mask store at {cand}; pass --masks")
   return cand
 
@@ -53,7 +53,7 @@ def _wrap(text: str, width: int, scale: float) -> list[str]:
   return lines
 
 
-def render(rec: R.QARecord, entry: R.MaskEntry) -> np.ndarray:
+def render(rec: records.QARecord, entry: records.MaskEntry) -> np.ndarray:
   """HxWx3 uint8 RGB picture of one record."""
   img = cv2.imdecode(np.frombuffer(entry.image, np.uint8), cv2.IMREAD_COLOR)
   if img is None:
@@ -114,13 +114,13 @@ def render(rec: R.QARecord, entry: R.MaskEntry) -> np.ndarray:
   return canvas
 
 
-def show(shard: str | os.PathLike, index: int, out: str | os.PathLike, masks: str | os.PathLike | None = None) -> R.QARecord:
+def show(shard: str | os.PathLike, index: int, out: str | os.PathLike, masks: str | os.PathLike | None = None) -> records.QARecord:
   shard = Path(shard)
-  payloads = R.read_shard(shard)
+  payloads = records.read_shard(shard)
   if not 0 <= index < len(payloads):
     raise IndexError(f"{shard}: index {index} is out of range (the shard holds {len(payloads)} records)")
-  rec = R.QARecord.from_bytes(payloads[index])
-  store = R.MaskStore(Path(masks) if masks else find_store(shard))
+  rec = records.QARecord.from_bytes(payloads[index])
+  store = records.MaskStore(Path(masks) if masks else find_store(shard))
   pic = render(rec, store[rec.image_id])
   store.close()
   out = Path(out)

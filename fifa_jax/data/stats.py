@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from fifa_jax import tokens
-from fifa_jax.data import records as R
+from fifa_jax.data import records
 
 SPLIT_HEADERS = {"train": "Training", "dev": "Dev.", "test": "Test"}
 
@@ -24,11 +24,11 @@ def count(out: str | os.PathLike) -> tuple[dict, dict]:
   out = Path(out)
   if not (out / "qa").is_dir():
     raise FileNotFoundError(f"{out}: not a build folder (no qa/; run `fifa data build`)")
-  per_split: dict[str, Counter] = {s: Counter() for s in R.SPLITS}
+  per_split: dict[str, Counter] = {s: Counter() for s in records.SPLITS}
   sources: dict[str, Counter] = defaultdict(Counter)
-  for split in R.SPLITS:
-    for shard in R.qa_shards(out, split):
-      for rec in R.read_qa_records(shard):
+  for split in records.SPLITS:
+    for shard in records.qa_shards(out, split):
+      for rec in records.read_qa_records(shard):
         per_split[split][rec.task] += 1
         sources[rec.task][rec.source] += 1
   return per_split, sources
@@ -36,9 +36,9 @@ def count(out: str | os.PathLike) -> tuple[dict, dict]:
 
 def check_masks(out: str | os.PathLike) -> dict:
   """SEG/mask agreement of every Loc./AGE record: {checked, bad: [(record_id, reason)]}."""
-  store = R.MaskStore(Path(out) / "masks")
+  store = records.MaskStore(Path(out) / "masks")
   checked, bad, cache = 0, [], {}
-  for rec in R.iter_records(out):
+  for rec in records.iter_records(out):
     if not tokens.task_has_masks(rec.task):
       continue
     checked += 1
@@ -61,8 +61,8 @@ def check_masks(out: str | os.PathLike) -> dict:
 def seg_counts(out: str | os.PathLike, split: str = "train") -> dict[str, list[int]]:
   """[SEG]s per record, per Loc./AGE task of one split (the data's own distribution)."""
   counts: dict[str, list[int]] = defaultdict(list)
-  for shard in R.qa_shards(out, split):
-    for rec in R.read_qa_records(shard):
+  for shard in records.qa_shards(out, split):
+    for rec in records.read_qa_records(shard):
       if tokens.task_has_masks(rec.task):
         counts[rec.task].append(tokens.count_segs(rec.answer))
   return counts
@@ -85,8 +85,8 @@ def table(per_split: dict, sources: dict) -> list[list[str]]:
   rows = [["Task", "Data Source", *SPLIT_HEADERS.values()]]
   for t in tokens.TASKS:
     src = "/".join(sorted(sources.get(t, {}))) or "-"
-    rows.append([tokens.TASK_NAMES[t], src, *(str(per_split[s][t]) for s in R.SPLITS)])
-  rows.append(["Total", "", *(str(sum(per_split[s].values())) for s in R.SPLITS)])
+    rows.append([tokens.TASK_NAMES[t], src, *(str(per_split[s][t]) for s in records.SPLITS)])
+  rows.append(["Total", "", *(str(sum(per_split[s].values())) for s in records.SPLITS)])
   return rows
 
 

@@ -31,18 +31,18 @@ import cv2
 import numpy as np
 
 from fifa_jax import tokens
-from fifa_jax.data import records as R
+from fifa_jax.data import records
 
 
-def _resize_entry(e: R.MaskEntry, size: int) -> tuple[R.MaskEntry, float, float]:
+def _resize_entry(e: records.MaskEntry, size: int) -> tuple[records.MaskEntry, float, float]:
   rgb = cv2.imdecode(np.frombuffer(e.image, np.uint8), cv2.IMREAD_COLOR)
   interp = cv2.INTER_AREA if size < min(rgb.shape[:2]) else cv2.INTER_CUBIC
   ok, png = cv2.imencode(".png", cv2.resize(rgb, (size, size), interpolation=interp))
   assert ok
   near = lambda m: cv2.resize(m.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
-  atomic = np.stack([near(R.rle_decode(a)) for a in e.atomic])
+  atomic = np.stack([near(records.rle_decode(a)) for a in e.atomic])
   artifact = None if e.artifact is None else near(e.artifact_mask())
-  out = R.MaskEntry.from_masks(e.image_id, png.tobytes(), atomic, artifact, source=e.source,
+  out = records.MaskEntry.from_masks(e.image_id, png.tobytes(), atomic, artifact, source=e.source,
                                meta=dict(e.meta, resized_from=[e.height, e.width]))
   return out, size / e.width, size / e.height
 
@@ -51,14 +51,14 @@ def subset(src: str | Path, out: str | Path, *, fakes: int = 2, reals: int = 1, 
            max_concepts: int | None = 6, size: int | None = None, split: str = "train") -> dict:
   """Write the subset (masks/ + qa/<split>/<task>-00000.array_record); returns a summary."""
   src, out = Path(src), Path(out)
-  by_image: dict[str, dict[str, list[R.QARecord]]] = defaultdict(lambda: defaultdict(list))
+  by_image: dict[str, dict[str, list[records.QARecord]]] = defaultdict(lambda: defaultdict(list))
   files = sorted(glob.glob(str(src / "qa" / split / "*.array_record")))
   if not files:
     raise FileNotFoundError(f"{src}/qa/{split}/ holds no QA shards")
   for f in files:
-    for r in R.read_qa_records(f):
+    for r in records.read_qa_records(f):
       by_image[r.image_id][r.task].append(r)
-  store = R.MaskStore(src / "masks")
+  store = records.MaskStore(src / "masks")
   chosen_fakes, chosen_reals = [], []
   for image_id, tasks in by_image.items():
     det = tasks.get("det")
@@ -80,8 +80,8 @@ def subset(src: str | Path, out: str | Path, *, fakes: int = 2, reals: int = 1, 
       e, sx, sy = _resize_entry(e, size)
       scale[image_id] = (sx, sy)
     entries.append(e)
-  R.MaskStore.write(out / "masks", entries)
-  by_task: dict[str, list[R.QARecord]] = defaultdict(list)
+  records.MaskStore.write(out / "masks", entries)
+  by_task: dict[str, list[records.QARecord]] = defaultdict(list)
   for image_id in keep:
     for task in tokens.TASKS:
       for r in by_image[image_id].get(task, [])[:per_task]:
@@ -90,7 +90,7 @@ def subset(src: str | Path, out: str | Path, *, fakes: int = 2, reals: int = 1, 
           r = dataclasses.replace(r, box=[r.box[0] * sx, r.box[1] * sy, r.box[2] * sx, r.box[3] * sy])
         by_task[task].append(r)
   for task, recs in by_task.items():
-    R.write_qa_records(out / "qa" / split / f"{task}-{split}-00000.array_record", recs)
+    records.write_qa_records(out / "qa" / split / f"{task}-{split}-00000.array_record", recs)
   return {"images": keep, "records": {t: len(v) for t, v in by_task.items()},
           "total": sum(len(v) for v in by_task.values())}
 
@@ -98,13 +98,13 @@ def subset(src: str | Path, out: str | Path, *, fakes: int = 2, reals: int = 1, 
 def to_archive(build: str | Path, archive: str | Path) -> int:
   """A build folder -> one zip of its mask entries and records (their own bytes)."""
   build = Path(build)
-  store = R.MaskStore(build / "masks")
+  store = records.MaskStore(build / "masks")
   n = 0
   with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
     for image_id in store.ids():
       z.writestr(f"masks/{image_id}", store[image_id].to_bytes())
     for f in sorted(glob.glob(str(build / "qa" / "*" / "*.array_record"))):
-      for k, r in enumerate(R.read_qa_records(f)):
+      for k, r in enumerate(records.read_qa_records(f)):
         z.writestr(f"qa/{Path(f).parent.name}/{Path(f).stem}/{k:06d}", r.to_bytes())
         n += 1
   return n
@@ -118,10 +118,10 @@ def from_archive(archive: str | Path, out: str | Path) -> Path:
     for name in z.namelist():  # written in store and shard order
       parts = name.split("/")
       if parts[0] == "masks":
-        entries.append(R.MaskEntry.from_bytes(z.read(name)))
+        entries.append(records.MaskEntry.from_bytes(z.read(name)))
       elif parts[0] == "qa" and len(parts) == 4:
-        shards[(parts[1], parts[2])].append(R.QARecord.from_bytes(z.read(name)))
-  R.MaskStore.write(out / "masks", entries)
+        shards[(parts[1], parts[2])].append(records.QARecord.from_bytes(z.read(name)))
+  records.MaskStore.write(out / "masks", entries)
   for (split, stem), recs in shards.items():
-    R.write_qa_records(out / "qa" / split / f"{stem}.array_record", recs)
+    records.write_qa_records(out / "qa" / split / f"{stem}.array_record", recs)
   return out

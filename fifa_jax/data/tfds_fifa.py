@@ -25,7 +25,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
 from fifa_jax import tokens
-from fifa_jax.data import records as R
+from fifa_jax.data import records
 
 
 class Fifa11(tfds.core.GeneratorBasedBuilder):
@@ -72,17 +72,17 @@ class Fifa11(tfds.core.GeneratorBasedBuilder):
     build = Path(dl_manager.manual_dir)
     if not (build / "qa").is_dir():
       raise FileNotFoundError(f"{build}: not a `fifa data build` folder (no qa/)")
-    return {s: self._generate_examples(build, s) for s in R.SPLITS if (build / "qa" / s).is_dir()}
+    return {s: self._generate_examples(build, s) for s in records.SPLITS if (build / "qa" / s).is_dir()}
 
   def _generate_examples(self, build: Path, split: str):
     import cv2
-    store = R.MaskStore(build / "masks")
+    store = records.MaskStore(build / "masks")
 
     def png(m):
       return cv2.imencode(".png", m.astype(np.uint8) * 255)[1].tobytes()
 
-    for shard in R.qa_shards(build, split):
-      for rec in R.read_qa_records(shard):
+    for shard in records.qa_shards(build, split):
+      for rec in records.read_qa_records(shard):
         entry = store[rec.image_id]
         art = entry.artifact_mask()
         regions = [entry.region_mask(c) for c in rec.seg_concepts]

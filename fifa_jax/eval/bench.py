@@ -31,7 +31,7 @@ import numpy as np
 from fifa_jax import tokens
 from fifa_jax.data.pipeline import decode_image
 from fifa_jax.data.records import MaskStore, QARecord, read_qa_records
-from fifa_jax.eval import metrics as M
+from fifa_jax.eval import metrics as metrics_lib
 from fifa_jax.eval import report
 from fifa_jax.infer import overlay, predict
 from fifa_jax.infer.load import Loaded
@@ -167,14 +167,14 @@ def score(rows: list[dict], store: MaskStore | None = None) -> dict[str, dict]:
   for task, rs in by_task.items():
     kind, m = tokens.task_kind(task), {"num_samples": len(rs)}
     if kind == "det":
-      m.update(M.detection_scores([_or_wrong(report.parse_det(r["prediction"]), r["det_label"], 2)
+      m.update(metrics_lib.detection_scores([_or_wrong(report.parse_det(r["prediction"]), r["det_label"], 2)
                                    for r in rs], [r["det_label"] for r in rs]))
     elif kind == "cls":
       k = len(tokens.CLS_CLASSES)
-      m.update(M.classification_scores([_or_wrong(report.parse_cls(r["prediction"]), r["cls_label"], k)
+      m.update(metrics_lib.classification_scores([_or_wrong(report.parse_cls(r["prediction"]), r["cls_label"], k)
                                         for r in rs], [r["cls_label"] for r in rs], k))
     if kind in ("toe", "age"):
-      m.update(M.caption_scores([tokens.strip_markers(r["prediction"]) or "." for r in rs],
+      m.update(metrics_lib.caption_scores([tokens.strip_markers(r["prediction"]) or "." for r in rs],
                                 [[tokens.strip_markers(r["reference"])] for r in rs]))
     if kind in ("loc", "age"):
       m.update(_mask_scores_from_counts(rs))
