@@ -12,11 +12,12 @@ DEMO_DIR ?= demo_out
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 PYTEST_ARGS ?=
 
-.PHONY: help env main-env prep-env test test-main test-prep demo clean
+.PHONY: help env main-env prep-env test test-main test-prep check demo clean
 
 help:
 	@echo "make demo   run the main job end to end on the embedded default data"
-	@echo "make test   run the whole test suite"
+	@echo "make test   run the whole test suite (what CI runs)"
+	@echo "make check  the quick tier for the inner loop: every test not marked slow (under 5 minutes)"
 	@echo "make env    create .venv and .venv-prep (done by demo/test when missing)"
 
 env: main-env prep-env
@@ -48,6 +49,12 @@ test-main: main-env
 
 test-prep: prep-env
 	$(PREP)/bin/python -m pytest -q tests/prep $(PYTEST_ARGS)
+
+# The quick tier: parity, invariants and error paths on tiny configs; the slow
+# marker keeps out training runs, multi-process runs and the biggest parity checks.
+check: env
+	$(VENV)/bin/python -m pytest -q tests --ignore=tests/prep -m "not slow" $(PYTEST_ARGS)
+	$(PREP)/bin/python -m pytest -q tests/prep -m "not slow" $(PYTEST_ARGS)
 
 demo: env
 	bash scripts/demo.sh $(DEMO_DIR)

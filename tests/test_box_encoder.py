@@ -105,6 +105,7 @@ def test_roi_align_is_differentiable_and_jits():
   np.testing.assert_allclose(float(g.sum()), 4.0 * 2, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_box_encoder_shapes_and_box_sensitivity():
   cfg = BoxEncoderConfig.tiny()
   enc = BoxEncoder(cfg, rngs=nnx.Rngs(0))

@@ -5,6 +5,8 @@ import stat
 import subprocess
 import sys
 
+import pytest
+
 
 FIFA = [sys.executable, "-m", "fifa_jax.cli"]
 
@@ -27,6 +29,7 @@ def test_help_lists_every_subcommand():
     assert cmd in r.stdout
 
 
+@pytest.mark.slow
 def test_infer_and_eval_reject_bad_input_before_loading_anything(tmp_path):
   r = run("infer", "--checkpoint", str(tmp_path / "none"), "--image", str(tmp_path / "none.png"),
           "--task", "det", "--out", str(tmp_path / "o"))
@@ -44,7 +47,6 @@ def test_fict_dump_via_fifa():
   assert r.returncode == 0 and r.stdout.splitlines()[0] == "whole facial image"
   assert len(r.stdout.splitlines()) == 184
 
-
 def test_prep_forwards_arguments_and_exit_code(tmp_path):
   fake = tmp_path / "python"
   fake.write_text("#!/bin/sh\necho \"prep got: $@\"\nexit 3\n")
@@ -52,7 +54,6 @@ def test_prep_forwards_arguments_and_exit_code(tmp_path):
   r = run("prep", "regions", "img.png", "--out", "x.npz", env={"FIFA_PREP_PYTHON": str(fake)})
   assert r.returncode == 3
   assert "prep got: -m data_prep.cli regions img.png --out x.npz" in r.stdout
-
 
 def test_data_synth_forwards_to_prep(tmp_path):
   fake = tmp_path / "python"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -55,6 +56,7 @@ def test_bad_input_names_the_key_and_exits_2(tmp_path):
   assert r.exit_code == 2 and "give SRC" in r.output
 
 
+@pytest.mark.slow
 def test_model_tiny_round_trip(tmp_path):
   from flax import nnx
 

@@ -41,6 +41,7 @@ def model():
   return m
 
 
+@pytest.mark.slow
 def test_state_dict_round_trip_is_bit_exact(model, tmp_path):
   fifa.save_pth(model, tmp_path / "pt")
   with safe_open(tmp_path / "pt" / "model.safetensors", "pt") as f:
@@ -92,6 +93,7 @@ def test_orbax_folder_round_trip(model, tmp_path):
     fifa.save(model, tmp_path / "ckpt")
 
 
+@pytest.mark.slow
 def test_assemble_from_farl_vicuna_sam(model, tmp_path):
   farl.save_pth(model.vit, tmp_path / "farl.pth")
   llama_conv.save_hf(model.llm, tmp_path / "vicuna")
@@ -110,6 +112,7 @@ def test_assemble_from_farl_vicuna_sam(model, tmp_path):
     assert not np.asarray(layer.lora_b[...]).any()
 
 
+@pytest.mark.slow
 def test_assemble_grows_the_vocabulary_with_mean_rows(tmp_path):
   """Vicuna's 32000 rows -> FiFa's 32005: the checkpoint's rows are kept, the new ones
   start at the mean row; a checkpoint with more rows than the model is refused."""
@@ -140,6 +143,7 @@ def test_assemble_grows_the_vocabulary_with_mean_rows(tmp_path):
     fifa.assemble(CFG, llama_path=tmp_path / "bigger")
 
 
+@pytest.mark.slow
 def test_whole_model_loads_into_scanned_layers_and_computes_the_same(model, tmp_path):
   """The same PyTorch state dict loads into a FiFa-MLLM whose LLM scans stacked layers;
   training outputs and generation (text and masks) equal the unrolled model's, and the

@@ -6,11 +6,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import convert_memory  # noqa: E402
 
 
+@pytest.mark.slow
 def test_peak_host_memory_stays_below_one_and_a_half_checkpoints():
   r = convert_memory.run(hidden=384, intermediate=1024, vocab=32000)
   size = r["checkpoint_bytes"]

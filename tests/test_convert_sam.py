@@ -34,6 +34,7 @@ def glamm_pth(hf, tmp_path_factory):
   return path
 
 
+@pytest.mark.slow
 def test_mask_decoder_matches_sam(hf, glamm_pth):
   cfg, model = sam_conv.load_pth(glamm_pth, pixel=True, heads=CFG.heads)
   assert (cfg.decoder.dim, cfg.decoder.depth, cfg.decoder.mlp_dim) == (CFG.dim, CFG.depth, CFG.mlp_dim)

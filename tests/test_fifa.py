@@ -47,6 +47,7 @@ def test_expand_image_tokens():
   assert expand_image_tokens([1, 9, 5, 9], 9, 3) == [1, 9, 9, 9, 5, 9, 9, 9]
 
 
+@pytest.mark.slow
 def test_forward_shapes_splice_and_seg_states(model):
   ids, mask, pixels, boxes = make_batch()
   out = nnx.jit(lambda m, *a: m(a[0], a[1], boxes=a[2], attention_mask=a[3], seg_capacity=8))(
@@ -86,6 +87,7 @@ def test_forward_shapes_splice_and_seg_states(model):
   assert float(jnp.abs(out.mask_logits[:, 0] - out.mask_logits[:, 1]).max()) > 1e-4
 
 
+@pytest.mark.slow
 def test_generate_masks_match_teacher_forcing():
   """Generated [SEG]s get the masks a teacher-forced pass over the same text gives."""
   cfg = FiFaConfig.tiny(seg_token_id=0)
@@ -106,6 +108,7 @@ def test_generate_masks_match_teacher_forcing():
   np.testing.assert_allclose(np.asarray(out.mask_logits), np.asarray(ref.mask_logits), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_param_counts_full_paper_model():
   counts = param_counts(FiFaConfig.paper())
   print({k: f"{v:,}" for k, v in counts.items()})
@@ -141,6 +144,7 @@ def _loss(model, ids, mask, pixels, boxes, seg_targets):
   return text + (bce * v).sum() / (v.sum() * np.prod(x.shape[1:]))
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device():
   model = FiFaMLLM(CFG, rngs=nnx.Rngs(0))
   ids, mask, pixels, boxes = make_batch(b=4, seed=1)

@@ -44,6 +44,7 @@ def workdir(tmp_path_factory):
   return work, data, jax.device_get(state)
 
 
+@pytest.mark.slow
 def test_loader_returns_the_saved_weights(workdir):
   work, _, state = workdir
   for path in (work, work / "checkpoints" / "3"):
@@ -76,6 +77,7 @@ def test_queries_are_validated():
     predict.Query(rgb, "seg").validate()
 
 
+@pytest.mark.slow
 def test_every_task_is_answered_with_json_and_overlay(workdir, tmp_path):
   work, data, _ = workdir
   from fifa_jax.data.pipeline import decode_image
@@ -110,6 +112,7 @@ def test_every_task_is_answered_with_json_and_overlay(workdir, tmp_path):
   assert (tmp_path / "o" / "overlay.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_eval_writes_the_table3_report(workdir, tmp_path):
   work, data, _ = workdir
   loaded = load_lib.load(work)

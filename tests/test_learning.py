@@ -29,6 +29,8 @@ from fifa_jax import tokens
 from fifa_jax.data import subset
 from fifa_jax.eval import report
 
+pytestmark = pytest.mark.slow  # trains for about 3 minutes
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "data" / "memorise.zip"
 STEPS = 300

@@ -71,6 +71,7 @@ def left_padded(rng, vocab, lengths, width):
   return ids, mask
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_logits_match_transformers(name):
   hf = hf_model(name)
@@ -94,6 +95,7 @@ def test_state_dict_round_trip():
     np.testing.assert_array_equal(back[key], value.numpy())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padding_matches_transformers_and_unpadded(side):
   hf = hf_model("gqa")
@@ -134,6 +136,7 @@ def hf_cached_decode(hf, ids, mask, steps_ids):
   return np.concatenate(logits, 1)
 
 
+@pytest.mark.slow
 def test_kv_cache_matches_transformers_and_uncached():
   hf = hf_model("gqa")
   model = jax_twin(hf)
@@ -164,6 +167,7 @@ def test_kv_cache_matches_transformers_and_uncached():
   assert diff <= TOL
 
 
+@pytest.mark.slow
 def test_bf16_compute_is_close_to_fp32():
   hf = hf_model("mha")
   model = jax_twin(hf)
@@ -185,6 +189,7 @@ def test_bf16_compute_is_close_to_fp32():
                              np.asarray(low.logits), atol=0.05 * np.abs(ref).max())
 
 
+@pytest.mark.slow
 def test_remat_jit_and_sharded_forward_agree():
   hf = hf_model("mha")
   model = jax_twin(hf)
@@ -246,6 +251,7 @@ def test_auto_attention_takes_cudnn_only_on_gpu_in_half_precision(monkeypatch):
   assert L.attention_implementation(dataclasses.replace(cfg, attention_implementation="xla")) == "xla"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("t,chunks", [(16, 2), (16, 4), (15, 2), (8, 1)])
 def test_chunked_causal_attention_equals_dense(t, chunks):
   """The XLA path skips blocks above the diagonal; it must equal dense causal attention
@@ -272,6 +278,7 @@ def test_chunked_causal_attention_equals_dense(t, chunks):
   assert max_diff(gq, gr) < 1e-4
 
 
+@pytest.mark.slow
 def test_scanned_layers_match_transformers_and_convert_by_layer_keys(tmp_path):
   """scan_layers stacks the decoder layers [L, ...] and scans them; the logits, cached
   decoding and gradients equal the unrolled model's, and checkpoints keep HF's

@@ -32,6 +32,7 @@ def randomize_b(model, seed=2):
       b[...] = 0.05 * jax.random.normal(jax.random.key(seed + i), b[...].shape)
 
 
+@pytest.mark.slow
 def test_fresh_lora_equals_base():
   base, tuned = pair()
   np.testing.assert_array_equal(np.asarray(tuned(IDS)), np.asarray(base(IDS)))
@@ -53,6 +54,7 @@ def test_filters_select_adapters_only():
       "embed", "lora_rank")
 
 
+@pytest.mark.slow
 def test_vicuna_7b_lora_rank_128_parameter_count():
   lora = LoraConfig(rank=128, alpha=256.0, target_modules=TARGETS)
   abstract = nnx.eval_shape(lambda: LlamaForCausalLM(vicuna_7b(lora=lora), rngs=nnx.Rngs(0)))
@@ -79,6 +81,7 @@ def test_merged_equals_unmerged():
   np.testing.assert_allclose(np.asarray(base(IDS)), before, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradients_and_updates_touch_lora_only():
   _, tuned = pair()
   frozen = jax.tree.map(np.asarray, nnx.state(tuned, BASE))

@@ -63,6 +63,7 @@ def test_label_loss_ignores_unlabelled_samples():
   assert float(L.label_loss(logits, jnp.full((4,), -1))) == 0.0
 
 
+@pytest.mark.slow
 def test_fifa_loss_weights_the_parts_as_appendix_b():
   rng = np.random.default_rng(3)
   out = SimpleNamespace(

@@ -103,6 +103,7 @@ def _canonical_coco_scores(preds, refs):
   return out
 
 
+@pytest.mark.slow
 def test_caption_scores_equal_pycocoevalcap():
   got = M.caption_scores(PREDS, REFS)
   want = _canonical_coco_scores(PREDS, REFS)
@@ -113,6 +114,7 @@ def test_caption_scores_equal_pycocoevalcap():
   assert 0 < got["BLEU-4"] < 1 and 0 < got["METEOR"] < 1
 
 
+@pytest.mark.slow
 def test_caption_scores_fixed_cases():
   same = M.caption_scores(["a b c d e f", "g h i j k l"], [["a b c d e f"], ["g h i j k l"]])
   assert same["BLEU-4"] == pytest.approx(1.0, abs=1e-6) and same["ROUGE-L"] == pytest.approx(1.0)

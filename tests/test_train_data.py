@@ -39,6 +39,7 @@ def layout():
   return pipeline.Layout.for_model(fcfg, [96, 128, 160], None), tok
 
 
+@pytest.mark.slow
 def test_table17_mixing_proportions():
   srcs = {t: grain.MapDataset.range(1000 * i, 1000 * i + 7) for i, t in enumerate(tokens.TASKS)}
   stream = mixing.mixed_stream(srcs, TABLE17_RATIOS, seed=0)

@@ -33,6 +33,7 @@ def run():
   return cfg, fcfg, state_lib.make_setup(cfg, fcfg, mesh)
 
 
+@pytest.mark.slow
 def test_initial_weights_replace_the_fresh_ones_in_the_run_shardings(run, tmp_path):
   cfg, fcfg, setup = run
   source = FiFaMLLM(fcfg, rngs=nnx.Rngs(7))  # not the run's seed (0)
@@ -70,6 +71,7 @@ def test_train_refuses_an_init_from_that_is_not_a_model_folder(tmp_path):
   assert "model.init_from" in r.stderr and "not a fifa-jax model folder" in r.stderr
 
 
+@pytest.mark.slow
 def test_convert_assembles_the_model_of_a_training_yaml(tmp_path):
   """`fifa convert model --config <yaml> --set ...` builds what `fifa train` with the same
   YAML and overrides builds: the folder then fits `model.init_from`."""

@@ -68,6 +68,7 @@ def flat(tree):
   return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+@pytest.mark.slow
 def test_train_loss_falls_and_resume_is_exact(env, tmp_path):
   # 1. Uninterrupted.
   a = fifa_train(env, tmp_path / "a")

@@ -85,6 +85,7 @@ def test_frozen_llm_weights_have_no_optimizer_state(run):
   assert not set(nnx.to_pure_dict(f)) - {"llm"}
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one(run, capfd):
   s8, m8 = train(run, 8)
   # The step partitions without XLA replicating an activation to reshard it (the
@@ -133,6 +134,7 @@ def test_micro_batches_keep_rows_on_their_devices():
   assert tuple(micro.sharding.spec)[:2] == (None, ("data", "fsdp"))
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_on_other_meshes_and_cpu(run, tmp_path):
   cfg, fcfg, _ = run
   setup8, _ = setup_on(run, 8)
@@ -168,6 +170,7 @@ def _stack_layers(tree):
   return {**tree, "llm": {**tree["llm"], "model": {**tree["llm"]["model"], "layers": stacked}}}
 
 
+@pytest.mark.slow
 def test_scanned_llm_layers_train_like_unrolled(run):
   """model.llama.scan_layers (with remat): the same weights give the same losses and
   updates as the unrolled layers, step for step."""

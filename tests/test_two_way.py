@@ -119,6 +119,7 @@ def test_mask_prediction_matches_hf(sam, ours):
     np.testing.assert_allclose(np.asarray(got), masks_ref[:, 0, i - 1].numpy(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_segment_and_classify_are_the_documented_passes(ours):
   dec, _, _ = ours
   rng = np.random.default_rng(3)

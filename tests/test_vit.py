@@ -59,6 +59,7 @@ def test_hidden_states_match_hf(pair, size):
   np.testing.assert_allclose(np.asarray(pooled), out.pooler_output.numpy(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_chosen_layers_and_bf16(pair):
   _, ours = pair
   pixels = jnp.asarray(np.random.default_rng(2).normal(size=(1, 64, 64, 3)), jnp.float32)
