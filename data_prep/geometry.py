@@ -76,43 +76,44 @@ class FaceFrame:
     return max(minimum, int(round(frac * self.s)))
 
 
-# --- rasterisation (cv2, 8 sub-pixel bits so thin shapes stay symmetric under flips)
-_SHIFT = 4
-_ONE = 1 << _SHIFT
+# --- rasterisation (cv2, SHIFT sub-pixel bits so thin shapes stay symmetric under flips)
+SHIFT = 4
+ONE = 1 << SHIFT
 
 
-def _fix(pts) -> np.ndarray:
+def fixed_point(pts) -> np.ndarray:
+  """Points [N, 2] in pixels -> cv2's fixed-point int32 coordinates (SHIFT fraction bits)."""
   a = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
   a = np.clip(a, -1e6, 1e6)
-  return np.round((a - 0.5) * _ONE).astype(np.int32)  # pixel centres at integer + 0.5
+  return np.round((a - 0.5) * ONE).astype(np.int32)  # pixel centres at integer + 0.5
 
 
 def fill(shape, *polys) -> np.ndarray:
   """Bool mask of the union of polygons (pixel coordinates, x right, y down)."""
   m = np.zeros(shape, np.uint8)
-  cv2.fillPoly(m, [_fix(p) for p in polys if len(p) >= 3], 1, cv2.LINE_8, _SHIFT)
+  cv2.fillPoly(m, [fixed_point(p) for p in polys if len(p) >= 3], 1, cv2.LINE_8, SHIFT)
   return m.view(bool)
 
 
 def paint(img: np.ndarray, pts, value: int) -> None:
   """Set the pixels of one polygon (the pixels of `fill`) to `value`, in place."""
   if len(pts) >= 3:
-    cv2.fillPoly(img, [_fix(pts)], int(value), cv2.LINE_8, _SHIFT)
+    cv2.fillPoly(img, [fixed_point(pts)], int(value), cv2.LINE_8, SHIFT)
 
 
 def polyline_band(shape, pts, half_width: float) -> np.ndarray:
   """Pixels within about `half_width` of an open polyline."""
   m = np.zeros(shape, np.uint8)
   t = max(1, int(round(2 * half_width)))
-  cv2.polylines(m, [_fix(pts)], False, 1, t, cv2.LINE_8, _SHIFT)
+  cv2.polylines(m, [fixed_point(pts)], False, 1, t, cv2.LINE_8, SHIFT)
   return m.view(bool)
 
 
 def ellipse(shape, center, axes, angle_deg: float) -> np.ndarray:
   m = np.zeros(shape, np.uint8)
-  c = tuple(int(v) for v in _fix([center])[0])
-  ax = tuple(max(1, int(round(a * _ONE))) for a in axes)
-  cv2.ellipse(m, c, ax, angle_deg, 0, 360, 1, -1, cv2.LINE_8, _SHIFT)
+  c = tuple(int(v) for v in fixed_point([center])[0])
+  ax = tuple(max(1, int(round(a * ONE))) for a in axes)
+  cv2.ellipse(m, c, ax, angle_deg, 0, 360, 1, -1, cv2.LINE_8, SHIFT)
   return m.view(bool)
 
 

@@ -95,10 +95,13 @@ IRIS_RIM = [469, 470, 471, 472]
 BROW_UP = [70, 63, 105, 66, 107]
 BROW_LO = [46, 53, 52, 65, 55]
 BROW = BROW_UP + BROW_LO[::-1]
+BROW_HEAD_R = [BROW_UP[-1], BROW_LO[-1]]  # the inner end (107, 55)
+BROW_TAIL_R = [BROW_UP[0], BROW_LO[0]]    # the outer end (70, 46)
 
 # --- mouth, right corner to left corner
 LIP_OUT_UP = [61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291]
 LIP_OUT_LO = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291]
+MOUTH_CORNER_R, MOUTH_CORNER_L = LIP_OUT_UP[0], LIP_OUT_UP[-1]  # 61, 291
 LIP_IN_UP = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308]
 LIP_IN_LO = [78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308]
 
@@ -119,6 +122,8 @@ PHILTRUM_CHAIN = [2, 167, 37, 0]
 FOREHEAD_TOP_R = [10, 109, 67, 103, 54]           # pushed upwards by the procedure
 FOREHEAD_BOTTOM_R = [54, 70, 63, 105, 66, 107, 9]  # brow top line to the glabella
 TEMPLE_R = [54, 21, 162, 127, 143, 35, 124, 46, 70]
+TEMPLE_LATERAL_R = TEMPLE_R[:4]   # along the face oval (pushed outwards by the procedure)
+TEMPLE_INNER_R = TEMPLE_R[4:]     # eye corner to the brow's tail
 UPPER_SOCKET_R = RING3_UP + [193, 55, 65, 52, 53, 46, 124, 35]
 CHEEK_R = [127, 143, 111, 117, 118, 119, 120, 121, 128, 245, 188, 174, 236, 198, 209, 129,
            203, 206, 216, 212, 214, 138, 172, 58, 132, 93, 234]

@@ -256,9 +256,9 @@ class _Ctx:
     seg = np.zeros((sh, sw), np.uint8)
     for si, side in enumerate("RL"):
       for pi, part in enumerate(OVAL_PART_NAMES):
-        pts = geometry._fix(self.P(mesh.OVAL_PARTS[part], side) / k)
-        cv2.polylines(seeds, [pts], False, 0, 1, cv2.LINE_8, geometry._SHIFT)
-        cv2.polylines(seg, [pts], False, si * 5 + pi + 1, 1, cv2.LINE_8, geometry._SHIFT)
+        pts = geometry.fixed_point(self.P(mesh.OVAL_PARTS[part], side) / k)
+        cv2.polylines(seeds, [pts], False, 0, 1, cv2.LINE_8, geometry.SHIFT)
+        cv2.polylines(seg, [pts], False, si * 5 + pi + 1, 1, cv2.LINE_8, geometry.SHIFT)
     dist, lab = cv2.distanceTransformWithLabels(seeds, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
     zy, zx = np.nonzero(seeds == 0)
     lut = np.zeros(lab.max() + 1, np.uint8)
@@ -346,16 +346,29 @@ def _outer_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) 
 
 
 def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -> None:
-  """Concepts of the face, each built from landmark polygons, bands and splits."""
-  shape, f, w, wt = x.shape, x.f, x.w, x.wt
-  left = x.left
-  right = ~left
-  sides = {"right": right, "left": left}
-  sidekey = {"right": "R", "left": "L"}
+  """Concepts of the face, one facial area after another (each from landmark polygons,
+  bands and splits); the eyebrows go first because the eyes' sockets exclude them."""
   skin = x.cls_in("skin")
-  face_cls = x.cls("skin", "nose", "l_brow", "r_brow", "l_eye", "r_eye", "mouth", "u_lip", "l_lip", "eye_g")
+  _forehead(x, skin, out)
+  _temples(x, skin, out)
+  brows = _eyebrows(x, skin, out)
+  _eyes(x, skin, brows, out)
+  _nose(x, out)
+  _cheeks(x, skin, out)
+  _mouth(x, out)
+  _jaws_and_chin(x, skin, d_oval, out)
+  _face_edge(x, d_oval, out)
 
-  # --- forehead
+
+SIDE_KEY = {"right": "R", "left": "L"}  # FICT's side names -> the landmark tables' mirror key
+
+
+def _sides(x: "_Ctx") -> dict[str, sparse.Sp]:
+  return {"right": ~x.left, "left": x.left}
+
+
+def _forehead(x: "_Ctx", skin, out: dict) -> None:
+  shape, f, w = x.shape, x.f, x.w
   top_r = x.push(x.P(mesh.FOREHEAD_TOP_R), dv=-FOREHEAD_UP)
   top_l = x.push(x.P(mesh.FOREHEAD_TOP_R, "L"), dv=-FOREHEAD_UP)
   bottom_r, bottom_l = x.P(mesh.FOREHEAD_BOTTOM_R), x.P(mesh.FOREHEAD_BOTTOM_R, "L")
@@ -363,11 +376,9 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
   forehead = sparse.fill(shape, poly) & skin
   brow_up = np.concatenate([x.P(mesh.BROW_UP), x.P(mesh.BROW_UP, "L")])
   v_bottom = f.uv(brow_up)[:, 1].mean()
-  if forehead.any():
-    v_split = (x.v_range(forehead)[0] + v_bottom) / 2
-  else:
-    v_split = v_bottom
+  v_split = (x.v_range(forehead)[0] + v_bottom) / 2 if forehead.any() else v_bottom
   lower_half = x.below(v_split)
+  sides = _sides(x)
   for side in ("left", "right"):
     out[f"upper {side} part of forehead"] = forehead & sides[side] & ~lower_half
     out[f"lower {side} part of forehead"] = forehead & sides[side] & lower_half
@@ -376,27 +387,31 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
   out["bottom edge of forehead"] = bottom_edge
   out["top edge of forehead"] = sparse.edge_band(forehead, w) & ~lower_half & ~bottom_edge
 
-  # --- temples
-  for side in ("left", "right"):
-    sk = sidekey[side]
-    out_dir = 1.0 if side == "left" else -1.0
-    lat = x.P([54, 21, 162, 127], sk)
-    poly = np.concatenate([lat[:1], x.push(lat, du=out_dir * TEMPLE_OUT), lat[-1:],
-                           x.P([143, 35, 124, 46, 70], sk)])
-    t = sparse.fill(shape, poly) & skin
-    out[f"{side} temple"] = t
-    out[f"edges of {side} temple"] = sparse.edge_band(t, w)
 
-  # --- eyebrows
+def _temples(x: "_Ctx", skin, out: dict) -> None:
+  for side in ("left", "right"):
+    sk = SIDE_KEY[side]
+    out_dir = 1.0 if side == "left" else -1.0
+    lat = x.P(mesh.TEMPLE_LATERAL_R, sk)
+    poly = np.concatenate([lat[:1], x.push(lat, du=out_dir * TEMPLE_OUT), lat[-1:],
+                           x.P(mesh.TEMPLE_INNER_R, sk)])
+    t = sparse.fill(x.shape, poly) & skin
+    out[f"{side} temple"] = t
+    out[f"edges of {side} temple"] = sparse.edge_band(t, x.w)
+
+
+def _eyebrows(x: "_Ctx", skin, out: dict) -> sparse.Sp:
+  """The eyebrows' concepts; returns both eyebrows' union."""
+  shape, f, wt = x.shape, x.f, x.wt
   brow_cls = x.cls_in("l_brow", "r_brow")
   brows = []
   for side in ("left", "right"):
-    sk = sidekey[side]
+    sk = SIDE_KEY[side]
     roi = sparse.dilate(x.poly(mesh.BROW, sk), f.px(FEATURE_ROI))
     brow = brow_cls & roi
     brows.append(brow)
-    head = (x.P([107], sk)[0] + x.P([55], sk)[0]) / 2
-    tail = (x.P([70], sk)[0] + x.P([46], sk)[0]) / 2
+    head = x.P(mesh.BROW_HEAD_R, sk).mean(0)
+    tail = x.P(mesh.BROW_TAIL_R, sk).mean(0)
     axis = tail - head
     n = np.array([-axis[1], axis[0]]) / max(np.hypot(*axis), 1e-6) * f.s
     for name, t0, t1 in (("headstart", -1.0, 1 / 3), ("middle part", 1 / 3, 2 / 3), ("tail", 2 / 3, 2.0)):
@@ -413,12 +428,15 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
     out[f"bottom edge of {side} eyebrow"] = bband & ~upper
   brows_all = sparse.union(brows)
   out["region between eyebrows"] = x.sym(mesh.BETWEEN_BROWS_CHAIN) & skin & ~brows_all
+  return brows_all
 
-  # --- eyes
+
+def _eyes(x: "_Ctx", skin, brows: sparse.Sp, out: dict) -> None:
+  shape, f, wt = x.shape, x.f, x.wt
   eye_cls = x.cls_in("l_eye", "r_eye")
   eyes = []
   for side in ("left", "right"):
-    sk = sidekey[side]
+    sk = SIDE_KEY[side]
     eye = eye_cls & sparse.dilate(x.poly(mesh.EYE, sk), f.px(FEATURE_ROI * 0.5))
     eyes.append(eye)
     c = x.P([mesh.IRIS_CENTER], sk)[0]
@@ -431,38 +449,44 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
     out[f"upper eyelid of {side} eye"] = x.poly(mesh.EYE_UP + mesh.RING3_UP[::-1], sk) & skin
     out[f"lower eyelid of {side} eye"] = x.poly(mesh.EYE_LO + mesh.RING2_LO[::-1], sk) & skin
     out[f"eye bag of {side} eye"] = x.poly(mesh.RING2_LO + mesh.RING3_LO[::-1], sk) & skin
-    out[f"upper eye socket of {side} eye"] = x.poly(mesh.UPPER_SOCKET_R, sk) & skin & ~brows_all
+    out[f"upper eye socket of {side} eye"] = x.poly(mesh.UPPER_SOCKET_R, sk) & skin & ~brows
     out[f"lower eye socket of {side} eye"] = x.poly(mesh.RING3_LO + mesh.RING4_LO[::-1], sk) & skin
-  nose_cls = x.cls_in("nose")
-  nose_any = x.cls_in("nose", "skin")
-  out["region between eyes"] = x.sym(mesh.BETWEEN_EYES_CHAIN) & nose_any & ~sparse.union(eyes)
+  out["region between eyes"] = x.sym(mesh.BETWEEN_EYES_CHAIN) & x.cls_in("nose", "skin") & ~sparse.union(eyes)
 
-  # --- nose
+
+def _nose(x: "_Ctx", out: dict) -> None:
+  nose_any = x.cls_in("nose", "skin")
   out["nasion"] = x.sym(mesh.NASION_CHAIN) & nose_any
   out["nose bridge"] = x.sym(mesh.BRIDGE_CHAIN) & nose_any
   out["nose base"] = x.sym(mesh.BASE_CHAIN) & nose_any
   out["nasal ala of right side"] = x.poly(mesh.ALA_R) & nose_any
   out["nasal ala of left side"] = x.poly(mesh.ALA_R, "L") & nose_any
-  nose_roi = sparse.dilate(x.sym(mesh.NOSE_CHAIN), f.px(0.3))
-  out["edges of nose"] = sparse.edge_band(nose_cls & nose_roi, w)
+  nose_roi = sparse.dilate(x.sym(mesh.NOSE_CHAIN), x.f.px(0.3))
+  out["edges of nose"] = sparse.edge_band(x.cls_in("nose") & nose_roi, x.w)
 
-  # --- cheeks, nasolabial folds
+
+def _cheeks(x: "_Ctx", skin, out: dict) -> None:
+  """Cheeks and nasolabial folds."""
+  f = x.f
   for side in ("left", "right"):
-    sk = sidekey[side]
+    sk = SIDE_KEY[side]
     cheek = x.poly(mesh.CHEEK_R, sk) & skin
-    v_split = (f.uv(x.P(mesh.RING4_LO, sk))[:, 1].mean() + f.uv(x.P([61], sk))[0, 1]) / 2
+    v_split = (f.uv(x.P(mesh.RING4_LO, sk))[:, 1].mean() + f.uv(x.P([mesh.MOUTH_CORNER_R], sk))[0, 1]) / 2
     low = x.below(v_split)
     out[f"upper part of {side} cheek"] = cheek & ~low
     out[f"lower part of {side} cheek"] = cheek & low
-    out[f"edges of {side} cheek"] = sparse.edge_band(cheek, w)
-    out[f"nasolabial fold of {side} side"] = sparse.polyline_band(shape, x.P(mesh.NASOLABIAL_R, sk), f.px(FOLD)) & skin
+    out[f"edges of {side} cheek"] = sparse.edge_band(cheek, x.w)
+    out[f"nasolabial fold of {side} side"] = sparse.polyline_band(
+        x.shape, x.P(mesh.NASOLABIAL_R, sk), f.px(FOLD)) & skin
 
-  # --- mouth
+
+def _mouth(x: "_Ctx", out: dict) -> None:
+  shape, f = x.shape, x.f
   mroi = sparse.dilate(sparse.fill(shape, x.P(mesh.LIP_OUT_UP + mesh.LIP_OUT_LO[-2:0:-1])), f.px(FEATURE_ROI))
   ulip, llip, cav = mroi & x.cls_in("u_lip"), mroi & x.cls_in("l_lip"), mroi & x.cls_in("mouth")
   out["upper lip"], out["lower lip"], out["oral cavity"] = ulip, llip, cav
-  band = sparse.edge_band(ulip | llip | cav, w)
-  c0, c1 = x.P([61])[0], x.P([291])[0]
+  band = sparse.edge_band(ulip | llip | cav, x.w)
+  c0, c1 = x.P([mesh.MOUTH_CORNER_R])[0], x.P([mesh.MOUTH_CORNER_L])[0]
   dirv = c1 - c0
   nrm = np.array([-dirv[1], dirv[0]])
   if nrm @ f.ey < 0:
@@ -471,10 +495,12 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
   out["top edge of mouth"] = band & ~below_corners
   out["bottom edge of mouth"] = band & below_corners
 
-  # --- jaws, chin, philtrum
+
+def _jaws_and_chin(x: "_Ctx", skin, d_oval: np.ndarray, out: dict) -> None:
+  """Jaws, chin and philtrum."""
+  shape, w = x.shape, x.w
   for side in ("left", "right"):
-    sk = sidekey[side]
-    jaw = x.poly(mesh.JAW_R, sk) & skin
+    jaw = x.poly(mesh.JAW_R, SIDE_KEY[side]) & skin
     depth = float(sparse.values_in(d_oval, jaw).max()) if jaw.any() else 0.0
     low = jaw & sparse.threshold_le(d_oval, min(LOWER_JAW, depth / 2))
     out[f"{side} part of lower jaw"] = low
@@ -484,17 +510,19 @@ def _face_concepts(x: "_Ctx", part: np.ndarray, d_oval: np.ndarray, out: dict) -
   out["bottom edge of jaws"] = (sparse.polyline_band(shape, x.P(mesh.JAWLINE_R), w)
                                 | sparse.polyline_band(shape, x.P(mesh.JAWLINE_R, "L"), w))
   chin = x.sym(mesh.CHIN_CHAIN) & skin
-  out["left part of chin"] = chin & left
-  out["right part of chin"] = chin & right
+  sides = _sides(x)
+  out["left part of chin"] = chin & sides["left"]
+  out["right part of chin"] = chin & sides["right"]
   out["edges of chin"] = sparse.edge_band(chin, w)
   out["philtrum"] = x.sym(mesh.PHILTRUM_CHAIN) & skin
 
-  # --- face edge
-  fband = sparse.edge_band(face_cls, w) & sparse.threshold_le(d_oval, 0.5)
+
+def _face_edge(x: "_Ctx", d_oval: np.ndarray, out: dict) -> None:
+  face_cls = x.cls("skin", "nose", "l_brow", "r_brow", "l_eye", "r_eye", "mouth", "u_lip", "l_lip", "eye_g")
+  fband = sparse.edge_band(face_cls, x.w) & sparse.threshold_le(d_oval, 0.5)
   for si, side in enumerate(("right", "left")):
     for pi, p in enumerate(OVAL_PART_NAMES):
       out[f"face edge near {_side_part(p, side)}"] = x.in_part(fband, si * 5 + pi + 1)
-
 
 
 def sparse_atomic(labels: np.ndarray, landmarks: np.ndarray) -> list[sparse.Sp]:

@@ -203,8 +203,8 @@ def halfplane(shape, point, normal) -> Field:
 
 def _canvas(shape, fixed: np.ndarray, pad: int):
   """Box (y0, y1, x0, x1) around fixed-point points plus `pad` pixels, clipped to the image."""
-  lo = (fixed.min(0) >> geometry._SHIFT) - pad
-  hi = (fixed.max(0) >> geometry._SHIFT) + pad + 1
+  lo = (fixed.min(0) >> geometry.SHIFT) - pad
+  hi = (fixed.max(0) >> geometry.SHIFT) + pad + 1
   h, w = shape
   x0, y0 = max(0, int(lo[0])), max(0, int(lo[1]))
   x1, y1 = min(w, int(hi[0])), min(h, int(hi[1]))
@@ -215,36 +215,36 @@ def fill(shape, pts) -> Sp:
   """geometry.fill(shape, pts) for one polygon."""
   if len(pts) < 3:
     return Sp.empty(shape)
-  f = geometry._fix(pts)
+  f = geometry.fixed_point(pts)
   y0, y1, x0, x1 = _canvas(shape, f, 2)
   if y1 <= y0 or x1 <= x0:
     return Sp.empty(shape)
   m = np.zeros((y1 - y0, x1 - x0), np.uint8)
-  cv2.fillPoly(m, [f - np.array([x0, y0], np.int32) * geometry._ONE], 1, cv2.LINE_8, geometry._SHIFT)
+  cv2.fillPoly(m, [f - np.array([x0, y0], np.int32) * geometry.ONE], 1, cv2.LINE_8, geometry.SHIFT)
   return Sp(y0, x0, m.view(bool), shape)
 
 
 def polyline_band(shape, pts, half_width: float) -> Sp:
   t = max(1, int(round(2 * half_width)))
-  f = geometry._fix(pts)
+  f = geometry.fixed_point(pts)
   y0, y1, x0, x1 = _canvas(shape, f, t // 2 + 3)
   if y1 <= y0 or x1 <= x0:
     return Sp.empty(shape)
   m = np.zeros((y1 - y0, x1 - x0), np.uint8)
-  cv2.polylines(m, [f - np.array([x0, y0], np.int32) * geometry._ONE], False, 1, t, cv2.LINE_8, geometry._SHIFT)
+  cv2.polylines(m, [f - np.array([x0, y0], np.int32) * geometry.ONE], False, 1, t, cv2.LINE_8, geometry.SHIFT)
   return Sp(y0, x0, m.view(bool), shape)
 
 
 def ellipse(shape, center, axes, angle_deg: float) -> Sp:
-  c = geometry._fix([center])[0]
+  c = geometry.fixed_point([center])[0]
   r = int(np.ceil(max(axes))) + 3
   y0, y1, x0, x1 = _canvas(shape, c[None], r)
   if y1 <= y0 or x1 <= x0:
     return Sp.empty(shape)
   m = np.zeros((y1 - y0, x1 - x0), np.uint8)
-  cs = (int(c[0]) - x0 * geometry._ONE, int(c[1]) - y0 * geometry._ONE)
-  ax = tuple(max(1, int(round(a * geometry._ONE))) for a in axes)
-  cv2.ellipse(m, cs, ax, angle_deg, 0, 360, 1, -1, cv2.LINE_8, geometry._SHIFT)
+  cs = (int(c[0]) - x0 * geometry.ONE, int(c[1]) - y0 * geometry.ONE)
+  ax = tuple(max(1, int(round(a * geometry.ONE))) for a in axes)
+  cv2.ellipse(m, cs, ax, angle_deg, 0, 360, 1, -1, cv2.LINE_8, geometry.SHIFT)
   return Sp(y0, x0, m.view(bool), shape)
 
 
