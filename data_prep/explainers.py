@@ -4,14 +4,15 @@ template explainer and an OpenAI-compatible LLM (data_prep.explain).
 Both take batches, so the LLM runs its requests concurrently:
   step3({job: Step3Job}) -> {job: {concept: description} | Exception}
   step4({job: {concept: description}}) -> {job: tagged summary text | Exception}
-The summary's `<i> phrase </i>` tags are parsed by the caller (explain.parse_summary),
-which rejects a summary whose tags do not match its concept list.
+`explain_unit` runs both for a unit of images and parses each summary's `<i> phrase </i>`
+tags (explain.parse_summary), rejecting a summary whose tags do not match its concepts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -107,3 +108,39 @@ def make(kind: str, cache_dir: str | os.PathLike, progress: bool = True):
   if kind == "llm":
     return LLM(cache_dir, progress=progress)
   raise ValueError(f"unknown explainer {kind!r}; choose 'offline' or 'llm'")
+
+
+def explain_unit(loaded: Sequence[tuple], explainer, failures: list) -> dict[str, dict]:
+  """Steps 3-5 for a unit's images -> {image_id: {("parent", p) | ("bage", k): (answer,
+  seg_concepts) or an Exception}}.  `loaded` holds (item, annotation, image bytes, plan).
+  Step 3 runs for every fake with concepts, then Steps 4/5 per parent and per Step 5
+  box; an image whose Step 3 failed is appended to `failures` and skipped."""
+  s3_jobs = {it["image_id"]: Step3Job(it["image_id"], image, d["artifact"], plan.concepts, plan.stats)
+             for it, d, image, plan in loaded if plan is not None and plan.concepts}
+  desc = explainer.step3(s3_jobs) if s3_jobs else {}
+  s4_jobs, s4_meta = {}, {}
+  for it, d, image, plan in loaded:
+    dd = desc.get(it["image_id"])
+    if plan is None or not plan.concepts:
+      continue
+    if isinstance(dd, Exception):
+      failures.append((it["image_id"], f"Step 3 failed: {dd}"))
+      continue
+    for p, cs in plan.parents.items():
+      key = f"{it['image_id']}|parent|{p}"
+      s4_jobs[key], s4_meta[key] = {c: dd[c] for c in cs}, (it["image_id"], ("parent", p), cs)
+    for k, (_, cs) in enumerate(plan.bage):
+      key = f"{it['image_id']}|bage|{k}"
+      s4_jobs[key], s4_meta[key] = {c: dd[c] for c in cs}, (it["image_id"], ("bage", k), cs)
+  texts = explainer.step4(s4_jobs) if s4_jobs else {}
+  summaries: dict[str, dict] = defaultdict(dict)
+  for key, text in texts.items():
+    image_id, skey, cs = s4_meta[key]
+    if isinstance(text, Exception):
+      summaries[image_id][skey] = text
+      continue
+    try:
+      summaries[image_id][skey] = explain.parse_summary(clean_summary(text), cs)
+    except explain.ExplainError as e:
+      summaries[image_id][skey] = explain.ExplainError(f"summary rejected: {e}")
+  return summaries
