@@ -92,22 +92,22 @@ def _tuples(v: Any) -> Any:
 # RNG keys are saved as their raw uint32 data.
 
 
-def _is_key(x) -> bool:
+def is_key(x) -> bool:
   return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def to_saveable(state):
-  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, state)
+  return jax.tree.map(lambda x: jax.random.key_data(x) if is_key(x) else x, state)
 
 
 def from_saveable(state, abstract):
   """Saved values -> keys where `abstract` (the model's own tree) holds keys."""
-  return jax.tree.map(lambda x, a: jax.random.wrap_key_data(x) if _is_key(a) else x, state, abstract)
+  return jax.tree.map(lambda x, a: jax.random.wrap_key_data(x) if is_key(a) else x, state, abstract)
 
 
 def saveable_abstract(abstract):
   def one(a):
-    if not _is_key(a):
+    if not is_key(a):
       return a
     data = jax.eval_shape(jax.random.key_data, a)
     return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=NamedSharding(a.sharding.mesh, P()))
@@ -322,12 +322,14 @@ def restore_model(path: str | Path, make: Callable[[Any], nnx.Module], config_cl
   return config, model
 
 
-def _key(path) -> tuple[str, ...]:
+def key_path(path) -> tuple[str, ...]:
+  """A jax tree path as a tuple of strings (the keys restore_into's target uses)."""
   return tuple(str(getattr(k, "key", k)) for k in path)
 
 
-def _flat(tree) -> dict[tuple, Any]:
-  return {_key(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+def flat_leaves(tree) -> dict[tuple, Any]:
+  """{key_path: leaf} of a pytree."""
+  return {key_path(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def restore_into(path: str | Path, saved_abstract: dict, target: dict[tuple, Any], *,
@@ -341,7 +343,7 @@ def restore_into(path: str | Path, saved_abstract: dict, target: dict[tuple, Any
   what the target is called); keys
   of `target` for which `optional` holds may be absent.  Returns {key path: array}.
   """
-  saved_flat = _flat(saved_abstract)
+  saved_flat = flat_leaves(saved_abstract)
   problems = []
   for k, leaf in saved_flat.items():
     if k not in target:
@@ -355,6 +357,6 @@ def restore_into(path: str | Path, saved_abstract: dict, target: dict[tuple, Any
     raise CheckpointError(f"{what} {path}: {len(problems)} weight(s) do not fit this {ours} "
                           f"(build the folder with --config set to this run's YAML):\n  "
                           + "\n  ".join(problems[:20]) + more)
-  item = jax.tree_util.tree_map_with_path(lambda p, _: target[_key(p)], saved_abstract)
+  item = jax.tree_util.tree_map_with_path(lambda p, _: target[key_path(p)], saved_abstract)
   with ocp.StandardCheckpointer() as ckptr:
-    return _flat(ckptr.restore(Path(path).absolute() / "state", item))
+    return flat_leaves(ckptr.restore(Path(path).absolute() / "state", item))

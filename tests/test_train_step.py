@@ -142,7 +142,7 @@ def test_checkpoint_restores_on_other_meshes_and_cpu(run, tmp_path):
   ck = ckpt_lib.Checkpointer(tmp_path / "ck", keep=2)
   ck.save(5, state, {"next_index": 5}, {"step": 5})
   ck.close()
-  want = {jax.tree_util.keystr(k): np.asarray(jax.random.key_data(v) if ckpt_lib._is_key(v) else v)
+  want = {jax.tree_util.keystr(k): np.asarray(jax.random.key_data(v) if ckpt_lib.is_key(v) else v)
           for k, v in jax.tree_util.tree_leaves_with_path(state)}
   for n in (1, 4):
     mesh = mesh_lib.make_mesh(devices=jax.devices()[:n])
@@ -152,7 +152,7 @@ def test_checkpoint_restores_on_other_meshes_and_cpu(run, tmp_path):
     got = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(restored)}
     assert got.keys() == want.keys()
     for k, v in got.items():
-      arr = jax.random.key_data(v) if ckpt_lib._is_key(v) else v
+      arr = jax.random.key_data(v) if ckpt_lib.is_key(v) else v
       assert len(v.sharding.device_set) == n, k
       np.testing.assert_array_equal(np.asarray(arr), want[k], err_msg=k)
   # Parameters alone, as NumPy, with no mesh at all.

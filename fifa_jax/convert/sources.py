@@ -25,7 +25,7 @@ from fifa_jax.checkpoint import CheckpointError as ConversionError
 _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
               "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
               "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+SAFETENSORS_DTYPE_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
 _TORCH_DTYPES = {"torch.bfloat16": "bfloat16", "torch.float16": "float16",
                  "torch.float32": "float32", "torch.float64": "float64",
                  "torch.int64": "int64", "torch.int32": "int32", "torch.uint8": "uint8",

@@ -24,7 +24,5 @@ from __future__ import annotations
 from fifa_jax.checkpoint import WEIGHTS, init_missing  # noqa: F401
 from fifa_jax.checkpoint import CheckpointError as ConversionError  # noqa: F401
 from fifa_jax.convert.assign import *  # noqa: F401,F403
-from fifa_jax.convert.assign import _Stacks  # noqa: F401
 from fifa_jax.convert.sources import *  # noqa: F401,F403
-from fifa_jax.convert.sources import _ST_DTYPES, _ST_NAMES, _pickle_error, _safetensors_header  # noqa: F401
 from fifa_jax.convert.writer import *  # noqa: F401,F403

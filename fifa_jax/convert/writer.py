@@ -16,7 +16,7 @@ from flax import nnx
 
 from fifa_jax.checkpoint import CheckpointError as ConversionError
 from fifa_jax.convert.assign import Entry, abstract_leaves
-from fifa_jax.convert.sources import _ST_NAMES, np_dtype
+from fifa_jax.convert.sources import SAFETENSORS_DTYPE_NAMES, np_dtype
 
 # -- export ---------------------------------------------------------------------
 
@@ -81,9 +81,9 @@ def _write_one(path: Path, tensors: Sequence[OutTensor], metadata: Mapping[str, 
   header: dict[str, Any] = {"__metadata__": dict(metadata)}
   offset = 0
   for t in tensors:
-    if t.dtype not in _ST_NAMES:
+    if t.dtype not in SAFETENSORS_DTYPE_NAMES:
       raise ConversionError(f"{t.key}: dtype {t.dtype} has no safetensors name")
-    header[t.key] = {"dtype": _ST_NAMES[t.dtype], "shape": list(t.shape),
+    header[t.key] = {"dtype": SAFETENSORS_DTYPE_NAMES[t.dtype], "shape": list(t.shape),
                      "data_offsets": [offset, offset + t.nbytes]}
     offset += t.nbytes
   blob = json.dumps(header, separators=(",", ":")).encode()

@@ -129,7 +129,7 @@ def load_initial_weights(setup: Setup, state: dict, path: str) -> dict:
       nnx.eval_shape(lambda: FiFaMLLM(saved_cfg, rngs=nnx.Rngs(0))), checkpoint.WEIGHTS))
   part_of, target = {}, {}
   for part in ("params", "frozen", "rest"):
-    for k, v in checkpoint._flat(setup.abstract[part]).items():
+    for k, v in checkpoint.flat_leaves(setup.abstract[part]).items():
       part_of[k], target[k] = part, v
   # RNG streams ("rest" leaves the folder lacks) stay as initialised.
   restored = checkpoint.restore_into(path, saved, target, what="model.init_from", ours="run",
@@ -137,5 +137,5 @@ def load_initial_weights(setup: Setup, state: dict, path: str) -> dict:
   out = dict(state)
   for part in ("params", "frozen", "rest"):
     out[part] = jax.tree_util.tree_map_with_path(
-        lambda p, v: restored.get(checkpoint._key(p), v), state[part])
+        lambda p, v: restored.get(checkpoint.key_path(p), v), state[part])
   return out
