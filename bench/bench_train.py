@@ -52,36 +52,48 @@ def median_time(fn, steps: int, warmup: int = 2) -> float:
 # fifa-jax LLM LoRA step
 
 
-def jax_llm_step(cfg: LlamaConfig, batch: int, seq: int, steps: int, dtype=jnp.float32):
-  model = LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
+def jax_llm_step(cfg: LlamaConfig, batch: int, seq: int, steps: int, info: dict | None = None):
+  """fifa-jax's LLM alone: LoRA step on a frozen base, every token a label (as labels=ids).
+  `info` (if given) receives compile time, XLA's FLOPs and memory analysis."""
+  from fifa_jax.train import metrics as metrics_lib
+
+  model = nnx.jit(lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)))()
   graphdef, lora, rest = nnx.split(model, nnx.LoRAParam, ...)
+  # Plain arrays: merged inside the step, they become Variables of its own trace level,
+  # which scanned layers (nnx.scan) require.
+  lora, rest = nnx.to_pure_dict(lora), nnx.to_pure_dict(rest)
+  del model
   tx = optax.adamw(1e-4)
   opt = tx.init(lora)
   ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq)), jnp.int32)
 
-  @jax.jit
   def step(lora, opt, rest, ids):
     def loss_fn(lora):
       logits = nnx.merge(graphdef, lora, rest)(ids)
-      return text_loss(logits, ids, jnp.ones_like(ids))  # every token a label, as labels=ids
+      return text_loss(logits, ids, jnp.ones_like(ids))
     loss, g = jax.value_and_grad(loss_fn)(lora)
     upd, opt = tx.update(g, opt, lora)
     return optax.apply_updates(lora, upd), opt, loss
 
-  step = jax.jit(step.__wrapped__ if hasattr(step, "__wrapped__") else step, donate_argnums=(0, 1))
+  t0 = time.perf_counter()
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(lora, opt, rest, ids).compile()
+  if info is not None:
+    info.update(compile_s=time.perf_counter() - t0, flops=metrics_lib.compiled_flops(compiled),
+                memory_analysis=memory_analysis(compiled))
   state = {"lora": lora, "opt": opt}
 
   def run():
-    state["lora"], state["opt"], loss = step(state["lora"], state["opt"], rest, ids)
+    state["lora"], state["opt"], loss = compiled(state["lora"], state["opt"], rest, ids)
     loss.block_until_ready()
 
   t = median_time(run, steps)
   return t, batch * seq / t
 
 
-def torch_llm_step(cfg: LlamaConfig, batch: int, seq: int, steps: int, dtype="float32", device="cpu"):
+def hf_llama(cfg: LlamaConfig, dtype: str = "float32", device: str = "cpu"):
+  """transformers' LlamaForCausalLM of `cfg`'s shapes with random weights, built straight
+  on `device` in `dtype` (a 7B model built on the host first takes minutes)."""
   import torch
-  from peft import LoraConfig as PeftLora, get_peft_model
   from transformers import LlamaConfig as HFConfig, LlamaForCausalLM as HFLlama
 
   torch.manual_seed(0)
@@ -89,12 +101,26 @@ def torch_llm_step(cfg: LlamaConfig, batch: int, seq: int, steps: int, dtype="fl
                 intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_hidden_layers,
                 num_attention_heads=cfg.num_attention_heads,
                 num_key_value_heads=cfg.num_key_value_heads, tie_word_embeddings=False)
-  tdtype = getattr(torch, dtype)
-  model = HFLlama(hf).to(device=device, dtype=tdtype)
+  previous = torch.get_default_dtype()
+  torch.set_default_dtype(getattr(torch, dtype))
+  try:
+    with torch.device(device):
+      return HFLlama(hf).eval()
+  finally:
+    torch.set_default_dtype(previous)
+
+
+def torch_llm_step(cfg: LlamaConfig, batch: int, seq: int, steps: int, dtype="float32", device="cpu",
+                   model=None):
+  import torch
+  from peft import LoraConfig as PeftLora, get_peft_model
+
+  model = hf_llama(cfg, dtype, device) if model is None else model
   lora = cfg.lora
   model = get_peft_model(model, PeftLora(r=lora.rank, lora_alpha=lora.alpha,
                                          lora_dropout=lora.dropout,
                                          target_modules=list(lora.target_modules)))
+  model.train()
   opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
   ids = torch.from_numpy(np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq))).to(device)
 
@@ -115,21 +141,26 @@ def torch_llm_step(cfg: LlamaConfig, batch: int, seq: int, steps: int, dtype="fl
 # The whole FiFa-MLLM step (fifa_jax.train.step)
 
 
-def fifa_step(preset: str, llama: dict, batch: int, seq: int, steps: int, remat: bool = False):
+def fifa_step(preset: str, llama: dict, batch: int, seq: int, steps: int, remat: bool = False,
+              config: str | None = None, extra: tuple[str, ...] = (), info: dict | None = None):
+  """The whole FiFa-MLLM train step on random data; `info` (if given) receives compile
+  time, XLA's memory analysis and the parameter count."""
   from fifa_jax import config as config_lib, mesh as mesh_lib
   from fifa_jax.tokens import expand_image_tokens
   from fifa_jax.train import metrics as metrics_lib, optim, state as state_lib, step as step_lib
-  from fifa_jax.train.losses import LossWeights
 
   over = [f"model.preset={preset}", f"train.batch_size={batch}", "train.steps=1000",
           f"model.remat={str(remat).lower()}"]
   if preset == "tiny":
     over += ["model.lora_rank=4", "model.lora_alpha=8", "model.lora_dropout=0.0"]
-  cfg = config_lib.load(None, over + [f"model.llama.{k}={v}" for k, v in llama.items()])
+  cfg = config_lib.load(config, over + [f"model.llama.{k}={v}" for k, v in llama.items()] + list(extra))
   fcfg = config_lib.model_config(cfg)
   mesh = mesh_lib.make_mesh()
   setup = state_lib.make_setup(cfg, fcfg, mesh)
+  t0 = time.perf_counter()
   state = state_lib.init_state(setup, 0, jit=True)
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - t0
   rng = np.random.default_rng(0)
   body = list(rng.integers(3, 900, seq - fcfg.num_image_tokens - 1))
   row = expand_image_tokens([1, fcfg.image_token_id] + body, fcfg.image_token_id, fcfg.num_image_tokens)
@@ -146,9 +177,11 @@ def fifa_step(preset: str, llama: dict, batch: int, seq: int, steps: int, remat:
        "seg_valid": np.ones((batch,), bool),
        "task": np.zeros((batch,), np.int32)}
   gb = step_lib.to_global(mesh, b)
-  fn = step_lib.make_train_step(setup, LossWeights(), 1, optim.schedule(cfg.optim, 1000))
+  fn = step_lib.make_train_step(setup, cfg.loss, 1, optim.schedule(cfg.optim, 1000))
+  t0 = time.perf_counter()
   with jax.set_mesh(mesh):
     compiled = fn.lower(state, gb).compile()
+  compile_s = time.perf_counter() - t0
   flops = metrics_lib.compiled_flops(compiled)
   box = {"state": state}
 
@@ -160,7 +193,31 @@ def fifa_step(preset: str, llama: dict, batch: int, seq: int, steps: int, remat:
     t = median_time(run, steps)
   stats = jax.devices()[0].memory_stats() or {}
   mem = stats.get("peak_bytes_in_use", 0) / 2**30 or None
+  if info is not None:
+    info.update(init_s=init_s, compile_s=compile_s, memory_analysis=memory_analysis(compiled),
+                fcfg=fcfg, llama_params=_count(box["state"], "llm"))
   return t, batch * seq / t, flops, mem
+
+
+def memory_analysis(compiled) -> dict:
+  """XLA's per-device byte counts of a compiled program (empty where the backend has none)."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 - not every backend implements it
+    return {}
+  names = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+           "generated_code_size_in_bytes", "alias_size_in_bytes")
+  return {n: int(getattr(m, n)) for n in names if hasattr(m, n)}
+
+
+def _count(state, part: str) -> int:
+  """Parameters whose path contains `part` (frozen and trained)."""
+  total = 0
+  for key in ("params", "frozen"):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state[key]):
+      if part in jax.tree_util.keystr(path):
+        total += int(np.prod(leaf.shape))
+  return total
 
 
 def main(argv=None) -> int:
