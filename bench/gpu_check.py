@@ -67,24 +67,20 @@ def _env() -> dict:
           "jax": jax.__version__, "flax": flax.__version__}
 
 
-def fifa_train(sh: dict, smoke: bool) -> dict:
+def fifa_train(sh: dict, smoke: bool, remat: bool = True) -> dict:
   from fifa_jax.train import metrics as metrics_lib
   res = _env()
   info: dict = {}
   if smoke:
-    args = ("tiny", {}, sh["batch"], sh["seq"], sh["steps"], False, None, ())
+    args = ("tiny", {}, sh["batch"], sh["seq"], sh["steps"], remat, None, ())
   else:  # the recipe file, on one device: fsdp 1 and the recipe's per-device batch
-    args = ("paper", {}, sh["batch"], sh["seq"], sh["steps"], True, RECIPE, ("mesh.fsdp=1",))
+    args = ("paper", {}, sh["batch"], sh["seq"], sh["steps"], remat, RECIPE, ("mesh.fsdp=1",))
   t, tok_s, flops, _ = bench_train.fifa_step(*args, info=info)
   fcfg = info["fcfg"]
   peak = metrics_lib.peak_tflops()
   b, s = sh["batch"], sh["seq"]
-  l = fcfg.llama
-  # Model FLOPs of the LLM (no recompute, no weight gradients for the frozen base):
-  # forward 2N + input-gradient 2N per token, attention scores and values 3 x 4 S^2 d per layer.
-  n_matmul = info["llama_params"] - l.vocab_size * l.hidden_size  # the embedding is a lookup
-  model_flops = 4 * n_matmul * b * s + 3 * 4 * b * s * s * l.hidden_size * l.num_hidden_layers
-  res.update(batch=b, seq=s, s_per_step=t, tokens_per_s=tok_s, samples_per_s=b / t,
+  model_flops = metrics_lib.model_flops(fcfg.llama, b, s)  # XLA's count sees one scanned layer
+  res.update(remat=remat, batch=b, seq=s, s_per_step=t, tokens_per_s=tok_s, samples_per_s=b / t,
              xla_flops=flops, model_flops=model_flops, peak_tflops=peak,
              mfu_xla=flops / t / (peak * 1e12) if flops and peak else None,
              mfu_model=model_flops / t / (peak * 1e12) if peak else None,
@@ -112,11 +108,13 @@ def llm_train(sh: dict, smoke: bool) -> dict:
   return res
 
 
-def generate(sh: dict, smoke: bool) -> dict:
+def generate(sh: dict, smoke: bool, attention: str | None = "cudnn", trace: str | None = None,
+             layout: bool = True) -> dict:
   import jax
   import jax.numpy as jnp
   from flax import nnx
   from fifa_jax.models import fifa
+  from fifa_jax.models.decoding import decoding_layout
   from fifa_jax.models.generate import GenerationConfig
 
   res = _env()
@@ -126,17 +124,20 @@ def generate(sh: dict, smoke: bool) -> dict:
   else:
     cfg = fifa.FiFaConfig.paper()
     cfg = dataclasses.replace(cfg, llama=dataclasses.replace(
-        cfg.llama, scan_layers=True, attention_implementation="cudnn"))
+        cfg.llama, scan_layers=True, attention_implementation=attention))
   t0 = time.perf_counter()
   model = nnx.jit(lambda: fifa.FiFaMLLM(cfg, rngs=nnx.Rngs(0)))()
-  # Inference weights in bf16, as transformers' model below: decoding reads every weight
-  # once per token, so fp32 weights would double the bytes each step moves.
-  graphdef, state = nnx.split(model)
-  state = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating)
-                       else x, state)
-  model = nnx.merge(graphdef, state)
   jax.block_until_ready(nnx.state(model))
   res["init_s"] = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  if layout:  # unrolled layers, adapters folded in, bf16 weights (models/decoding.py)
+    model = decoding_layout(model, "bfloat16")
+  else:  # the training layout with its weights cast to bf16
+    graphdef, state = nnx.split(model)
+    model = nnx.merge(graphdef, jax.tree.map(
+        lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, state))
+  jax.block_until_ready(nnx.state(model))
+  res.update(layout="decoding" if layout else "training", layout_s=time.perf_counter() - t0)
   b, n_img = sh["gen_batch"], cfg.num_image_tokens
   rng = np.random.default_rng(0)
   text = rng.integers(3, cfg.image_token_id, size=(b, sh["gen_text"]))
@@ -160,7 +161,9 @@ def generate(sh: dict, smoke: bool) -> dict:
     times.append(time.perf_counter() - t0)
   t = min(times)
   new = int(np.asarray(out.lengths).sum())
-  res.update(batch=b, prompt_len=int(ids.shape[1]), new_tokens=sh["gen_new"], s=t,
+  if trace:
+    res["trace_top"] = profile(run, trace)
+  res.update(attention=attention, batch=b, prompt_len=int(ids.shape[1]), new_tokens=sh["gen_new"], s=t,
              generated=new, tokens_per_s=new / t, ms_per_step=t / sh["gen_new"] * 1e3,
              segs=int(np.asarray(out.seg_valid).sum()), peak_gib=_peak_gib())
   return res
@@ -213,7 +216,48 @@ def torch_ref(sh: dict, smoke: bool) -> dict:
   return res
 
 
-SECTIONS = {"fifa_train": fifa_train, "llm_train": llm_train, "generate": generate, "torch": torch_ref}
+def profile(fn, folder: str, top: int = 25) -> dict:
+  """Device time by kernel name over one call of `fn` (from a perfetto trace)."""
+  import glob
+  import gzip
+  import jax
+  with jax.profiler.trace(folder, create_perfetto_trace=True):
+    fn()
+  path = sorted(glob.glob(f"{folder}/**/perfetto_trace.json.gz", recursive=True))[-1]
+  events = json.loads(gzip.open(path).read())
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  names = {e["pid"]: e["args"]["name"] for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  total: dict = {}
+  for e in events:
+    if e.get("ph") == "X" and "GPU" in names.get(e.get("pid"), "").upper():
+      n = e["name"][:90]
+      c = total.setdefault(n, [0.0, 0])
+      c[0] += e.get("dur", 0) / 1e3
+      c[1] += 1
+  rows = sorted(total.items(), key=lambda kv: -kv[1][0])
+  return {"processes": sorted(set(names.values())),
+          "top": [{"kernel": n, "ms": round(ms, 2), "calls": k} for n, (ms, k) in rows[:top]]}
+
+
+def generate_scanned(sh: dict, smoke: bool) -> dict:
+  return generate(sh, smoke, layout=False)
+
+
+def generate_xla(sh: dict, smoke: bool) -> dict:
+  return generate(sh, smoke, attention=None)
+
+
+def generate_profile(sh: dict, smoke: bool) -> dict:
+  return generate(dict(sh, gen_new=32), smoke, trace="/tmp/gpu_check_trace")
+
+
+def fifa_train_noremat(sh: dict, smoke: bool) -> dict:
+  return fifa_train(sh, smoke, remat=False)
+
+
+SECTIONS = {"fifa_train": fifa_train, "fifa_train_noremat": fifa_train_noremat,
+            "generate_xla": generate_xla, "generate_scanned": generate_scanned, "generate_profile": generate_profile, "llm_train": llm_train, "generate": generate, "torch": torch_ref}
 
 
 def _load(out: Path, name: str) -> dict:

@@ -31,8 +31,8 @@ section() {  # name, seconds
   tail -n 1 "$LOG"
 }
 
-section fifa_train "${T_FIFA:-210}"
-section torch "${T_TORCH:-120}"
-section llm_train "${T_LLM:-100}"
-section generate "${T_GEN:-120}"
+# SECTIONS="name:seconds ..." runs others (bench/gpu_check.py lists them all).
+for s in ${SECTIONS:-fifa_train:210 torch:120 llm_train:100 generate:120}; do
+  section "${s%%:*}" "${s##*:}"
+done
 $PY bench/gpu_check.py report --out "$OUT" | tee "$OUT/report.md"

@@ -305,13 +305,14 @@ def evaluate(
     batch_size: int = typer.Option(8, help="Per-host batch (rounded up to the local devices)."),
     max_new_tokens: int = typer.Option(128, help="Answer length limit."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer folder (default: the checkpoint's)."),
+    param_dtype: Optional[str] = typer.Option(None, help="Weights' dtype for decoding: float32, bfloat16 or float16 (default: the model's compute dtype, bf16 for the paper preset)."),
 ) -> None:
   """FiFa-Bench / DD-VQA / DFA-Bench evaluation, data parallel over devices and hosts."""
   from fifa_jax.eval import bench
   from fifa_jax.infer import load as load_lib
 
   try:
-    loaded = load_lib.load(checkpoint, tokenizer)
+    loaded = load_lib.load(checkpoint, tokenizer, param_dtype=param_dtype)
     result = bench.evaluate(loaded, data, split, out, layout=layout,
                             tasks=tasks.split(",") if tasks else None, max_per_task=max_per_task,
                             batch_size=batch_size, max_new_tokens=max_new_tokens)
@@ -334,6 +335,7 @@ def infer(
     box: Optional[str] = typer.Option(None, help="x1,y1,x2,y2 in image pixels, for b- tasks."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer folder (default: the checkpoint's)."),
     max_new_tokens: int = typer.Option(128, help="Answer length limit."),
+    param_dtype: Optional[str] = typer.Option(None, help="Weights' dtype for decoding: float32, bfloat16 or float16 (default: the model's compute dtype, bf16 for the paper preset)."),
 ) -> None:
   """Ask a trained model about one face; prints the answer, writes JSON and a mask overlay."""
   from fifa_jax.infer import load as load_lib
@@ -343,8 +345,8 @@ def infer(
   try:
     results = infer_run.run(checkpoint, image, task.lower(), out, region=region,
                             box=infer_run.parse_box(box), tokenizer=tokenizer,
-                            max_new_tokens=max_new_tokens)
-  except (predict.QueryError, load_lib.CheckpointError) as e:
+                            max_new_tokens=max_new_tokens, param_dtype=param_dtype)
+  except (predict.QueryError, load_lib.CheckpointError, ValueError) as e:
     typer.echo(f"fifa infer: error: {e}", err=True)
     raise typer.Exit(code=2)
   for result in results:

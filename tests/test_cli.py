@@ -40,6 +40,10 @@ def test_infer_and_eval_reject_bad_input_before_loading_anything(tmp_path):
   assert r.returncode == 2 and "could not be read as an image" in r.stderr
   r = run("eval", "--checkpoint", str(tmp_path / "none"), "--data", str(tmp_path), "--out", str(tmp_path / "o"))
   assert r.returncode == 2 and "does not exist" in r.stderr
+  r = run("eval", "--checkpoint", str(tmp_path / "none"), "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+          "--param-dtype", "int8")
+  assert r.returncode == 2 and "--param-dtype must be one of float32, bfloat16, float16, got 'int8'" in r.stderr
+  assert "Traceback" not in r.stderr
 
 
 def test_fict_dump_via_fifa():

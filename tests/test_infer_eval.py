@@ -48,7 +48,7 @@ def workdir(tmp_path_factory):
 def test_loader_returns_the_saved_weights(workdir):
   work, _, state = workdir
   for path in (work, work / "checkpoints" / "3"):
-    loaded = load_lib.load(path)
+    loaded = load_lib.load(path, layout="training")
     assert loaded.step == 3
     got = nnx.to_pure_dict(nnx.state(loaded.model, nnx.Param))
     want = {**state["params"]}
@@ -56,6 +56,8 @@ def test_loader_returns_the_saved_weights(workdir):
     for k, v in jax.tree_util.tree_leaves_with_path(state["params"]):
       np.testing.assert_array_equal(np.asarray(leaves[k]), np.asarray(v))
     assert want  # non-empty
+  # By default the loader hands out the decoding layout: no adapters left to run.
+  assert load_lib.load(work).model.llm.config.lora is None
 
 
 def test_loader_errors_name_the_path(tmp_path):

@@ -6,6 +6,11 @@
   * a fifa-jax model folder written by `fifa convert model` (`fifa_jax.json` + `state/`).
 The tokenizer is the run's (`model.tokenizer` in its config; the offline demo
 tokenizer when unset) unless one is given.
+
+The model comes in the decoding layout (`models/decoding.py`: unrolled layers,
+adapters folded in, weights in the compute dtype, so bf16 for the paper preset),
+which generates 4.4x faster on an H200 than the training layout; `layout="training"`
+returns the checkpoint's own layout (weight round trips, further training).
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ from flax import nnx, traverse_util
 
 from fifa_jax import checkpoint, config as config_lib, tokens
 from fifa_jax.checkpoint import CheckpointError  # noqa: F401 (raised here; callers catch it)
+from fifa_jax.models.decoding import decoding_layout
 from fifa_jax.models.fifa import FiFaConfig, FiFaMLLM
+
+LAYOUTS = ("decoding", "training")
+PARAM_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass
@@ -38,9 +47,23 @@ def _run_dir_and_step(path: Path) -> tuple[Path, int | None] | None:
   return None
 
 
-def load(path: str | Path, tokenizer: str | None = None) -> Loaded:
-  """The model, its config and tokenizer from a checkpoint path (see module doc)."""
-  path = Path(path)
+def load(path: str | Path, tokenizer: str | None = None, *, layout: str = "decoding",
+         param_dtype: str | None = None) -> Loaded:
+  """The model, its config and tokenizer from a checkpoint path (see module doc).
+  `param_dtype` (decoding layout only): the weights' dtype; default each part's compute dtype."""
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+  if param_dtype is not None and param_dtype not in PARAM_DTYPES:
+    raise ValueError(f"--param-dtype must be one of {', '.join(PARAM_DTYPES)}, got {param_dtype!r}")
+  loaded = _load(Path(path), tokenizer)
+  if layout == "decoding":
+    loaded.model = decoding_layout(loaded.model, param_dtype)
+    loaded.config = loaded.model.config
+  return loaded
+
+
+def _load(path: Path, tokenizer: str | None) -> Loaded:
+  """The checkpoint's model in its own (training) layout."""
   if not path.exists():
     raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
   run = _run_dir_and_step(path)

@@ -51,7 +51,7 @@ def answer_json(query: predict.Query, pred: predict.Prediction, source: str, ima
 
 def run(checkpoint: str, image: str, task: str, out: str, region: str | None = None,
         box: tuple[float, ...] | None = None, tokenizer: str | None = None,
-        max_new_tokens: int = 128) -> list[dict]:
+        max_new_tokens: int = 128, param_dtype: str | None = None) -> list[dict]:
   """Validate everything cheap first (image, task, region, box), then load and ask.
 
   `task="all"` asks the 11 tasks in one batch (R- tasks about `region`, B- tasks
@@ -65,7 +65,7 @@ def run(checkpoint: str, image: str, task: str, out: str, region: str | None = N
     queries = [predict.Query(rgb, task, region=region, box=box)]
   for q in queries:
     q.validate()
-  loaded = load_lib.load(checkpoint, tokenizer)
+  loaded = load_lib.load(checkpoint, tokenizer, param_dtype=param_dtype)
   results = []
   for q, pred in zip(queries, predict.predict(loaded, queries, max_new_tokens=max_new_tokens)):
     result = answer_json(q, pred, loaded.source, str(image))

@@ -85,16 +85,22 @@ def make_layout(cfg: config_lib.Config, fcfg, mesh) -> pipeline.Layout:
 
 
 class _Compiled:
-  """The step compiled once per batch shape (one per length bucket), with its FLOPs."""
+  """The step compiled once per batch shape (one per length bucket), with its model
+  FLOPs per device."""
 
-  def __init__(self, fn):
-    self.fn, self.cache = fn, {}
+  def __init__(self, fn, llama=None, train_base: bool = False):
+    self.fn, self.cache, self.llama, self.train_base = fn, {}, llama, train_base
 
   def __call__(self, state, batch):
     key = tuple((k, v.shape) for k, v in sorted(batch.items()))
     if key not in self.cache:
       compiled = self.fn.lower(state, batch).compile()
-      self.cache[key] = (compiled, metrics_lib.compiled_flops(compiled))
+      flops = None
+      if self.llama is not None:
+        b, t = batch["input_ids"].shape
+        flops = metrics_lib.model_flops(self.llama, b, t, train_base=self.train_base)
+        flops /= jax.device_count()
+      self.cache[key] = (compiled, flops)
     compiled, flops = self.cache[key]
     self.flops = flops
     return compiled(state, batch)
@@ -165,7 +171,8 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
                         jax.process_count(), state=data_state or None)
   sched = optim.schedule(cfg.optim, cfg.train.steps)
   weights = cfg.loss
-  train_step = _Compiled(step_lib.make_train_step(setup, weights, cfg.train.grad_accum, sched))
+  train_step = _Compiled(step_lib.make_train_step(setup, weights, cfg.train.grad_accum, sched),
+                         fcfg.llama, train_base=cfg.model.train_llm)
   eval_step = step_lib.make_eval_step(setup, weights) if cfg.train.eval_every else None
   writer = metrics_lib.MetricsWriter(local_dir(workdir))
   peak = metrics_lib.peak_tflops(cfg.bench.peak_tflops)
