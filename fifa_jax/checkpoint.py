@@ -32,8 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import types
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +44,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from fifa_jax import schema
 from fifa_jax.models.two_way import Buffer
 
 FORMAT = "fifa-jax/1"
@@ -68,24 +67,12 @@ def config_to_dict(cfg: Any) -> dict:
 
 
 def config_from_dict(cls: type, d: dict) -> Any:
-  """Rebuild a (nested, frozen) config dataclass from `config_to_dict`'s output."""
-  hints = typing.get_type_hints(cls)
-  return cls(**{f.name: _value(hints[f.name], d[f.name]) for f in dataclasses.fields(cls)
-                if f.name in d})
-
-
-def _value(hint: Any, v: Any) -> Any:
-  if v is None:
-    return None
-  union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
-  for t in typing.get_args(hint) if union else (hint,):
-    if dataclasses.is_dataclass(t) and isinstance(v, dict):
-      return config_from_dict(t, v)
-  return _tuples(v)
-
-
-def _tuples(v: Any) -> Any:
-  return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+  """Rebuild a (nested, frozen) config dataclass from `config_to_dict`'s output, strictly
+  (`schema.decode`: an unknown key or a wrong type names its dotted path)."""
+  try:
+    return schema.decode(cls, d)
+  except schema.ConfigError as e:
+    raise CheckpointError(f"model config: {e}") from None
 
 
 # ---------------------------------------------------------------------------

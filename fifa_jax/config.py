@@ -8,23 +8,27 @@ Order in which settings apply (later wins):
   4. each `--set a.b=value` override, in command-line order (values are parsed
      as YAML: `--set train.steps=10`, `--set data.buckets=[64,128]`).
 
-Every key is checked against the schema: an unknown or misspelt key raises
-`ConfigError` naming its dotted path (with the nearest valid name), and the CLI
-exits with status 2.  Values are type-checked (ints are accepted for floats).
+Every key is checked against the schema (`schema.py`): an unknown or misspelt key
+raises `ConfigError` naming its dotted path (with the nearest valid name), and the
+CLI exits with status 2.  Values are type-checked (ints are accepted for floats).
+
+The `model` node picks a preset and overrides the model's own config dataclasses
+key by key: `model.vit` (ViTConfig), `model.box` (BoxEncoderConfig), `model.llama`
+(LlamaConfig), `model.lora` (LoraConfig), `model.decoder` (TwoWayConfig) and
+`model.pixel` (PixelDecoderConfig), each checked against that dataclass.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fifa_jax import tokens
+from fifa_jax import schema, tokens
+from fifa_jax.schema import ConfigError  # noqa: F401 (callers catch config.ConfigError)
 
 # Table 17: data ratios of the multi-task recipe.
 TABLE17_RATIOS: dict[str, float] = {
@@ -33,27 +37,35 @@ TABLE17_RATIOS: dict[str, float] = {
 }
 
 
-class ConfigError(ValueError):
-  """A bad configuration; the message names the dotted key."""
+# The parts of FiFaConfig a run may override, with their dataclasses' names.
+MODEL_PARTS = {"vit": "ViTConfig", "box": "BoxEncoderConfig", "llama": "LlamaConfig",
+               "lora": "LoraConfig", "decoder": "TwoWayConfig", "pixel": "PixelDecoderConfig"}
 
 
 @dataclasses.dataclass
 class ModelConfig:
-  preset: str = "tiny"  # paper | cpu | tiny (fifa_jax.models.fifa.PRESETS)
+  preset: str = "tiny"  # a name in fifa_jax.models.fifa.PRESETS: paper | cpu | tiny
   tokenizer: str | None = None  # LLaMA tokenizer folder; None: the offline demo tokenizer
   max_segs: int | None = None  # deprecated, ignored: every [SEG] gets its mask (data.seg_capacity)
   remat: bool = False  # rematerialise each LLM layer in the backward pass
-  lora_rank: int = 128
-  lora_alpha: float = 256.0
-  lora_dropout: float = 0.05
-  lora_targets: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])
+  # Overrides of the preset's part configs (MODEL_PARTS), checked against their dataclasses.
+  vit: dict[str, Any] = dataclasses.field(default_factory=dict)
+  box: dict[str, Any] = dataclasses.field(default_factory=dict)
+  llama: dict[str, Any] = dataclasses.field(default_factory=dict)
+  lora: dict[str, Any] = dataclasses.field(default_factory=dict)
+  decoder: dict[str, Any] = dataclasses.field(default_factory=dict)
+  pixel: dict[str, Any] = dataclasses.field(default_factory=dict)
+  # Older spellings of model.lora.{rank, alpha, dropout, target_modules}; still read.
+  lora_rank: int | None = None
+  lora_alpha: float | None = None
+  lora_dropout: float | None = None
+  lora_targets: list[str] | None = None
   # The LLM is frozen except its LoRA adapters; this also trains the token
   # embeddings and lm_head (needed when new special tokens start untrained).
   train_embeddings: bool = False
   # The whole LLM trains (not only LoRA): for an LLM that starts from random weights
   # (the cpu/tiny presets without released weights), where freezing it makes no sense.
   train_llm: bool = False
-  llama: dict[str, Any] = dataclasses.field(default_factory=dict)  # LlamaConfig field overrides
   # A fifa-jax model folder (`fifa convert model --config <this yaml> --farl ... --llama ...
   # --sam ... -o DIR`) whose weights start a new run; ignored when the run resumes.
   init_from: str | None = None
@@ -182,97 +194,53 @@ class Config:
       if not is_model_folder(m.init_from):
         raise ConfigError(f"model.init_from: {m.init_from!r} is not a fifa-jax model folder (no "
                           f"{MARKER}); write one with `fifa convert model ... -o DIR`")
-    from fifa_jax.models.llama import LlamaConfig
-    names = {f.name for f in dataclasses.fields(LlamaConfig)}
-    for k in m.llama:
-      if k not in names:
-        raise ConfigError(f"model.llama.{k}: unknown key" + _suggest(k, names))
+    model_config(self, tokenizer=None, vocab_size=0)  # checks every model.<part> override
     return self
 
 
-def model_config(cfg: Config, tokenizer=None):
-  """The FiFaConfig of a run: the preset, LoRA and LLM overrides, the tokenizer's ids.
+def model_config(cfg: Config, tokenizer=None, vocab_size: int | None = None):
+  """The FiFaConfig of a run: the preset with the `model.<part>` overrides and the
+  tokenizer's ids.
 
   Training, inference, evaluation and conversion all build the model from here.  The
-  vocabulary grows to the tokenizer's size when that is larger, and the five
-  special-token ids are the tokenizer's (looked up by string).
+  vocabulary grows to the tokenizer's size when that is larger (unless
+  `model.llama.vocab_size` is set), and the five special-token ids are the
+  tokenizer's (looked up by string).  `tokenizer=None, vocab_size=0` only checks the
+  overrides (no tokenizer is read).
   """
   from fifa_jax.models.fifa import PRESETS  # lazy: see validate()
   from fifa_jax.models.lora import LoraConfig
 
   m = cfg.model
   base = PRESETS[m.preset]()
-  if tokenizer is None:
-    tokenizer = tokens.load_tokenizer(m.tokenizer)
-  ids = tokens.special_token_ids(tokenizer)
-  lora = LoraConfig(rank=m.lora_rank, alpha=m.lora_alpha, dropout=m.lora_dropout,
-                    target_modules=tuple(m.lora_targets))
-  llama_kw = dict(lora=lora, remat=m.remat, **m.llama)
-  llama_kw.setdefault("vocab_size", max(base.llama.vocab_size, len(tokenizer)))
-  llama = dataclasses.replace(base.llama, **llama_kw)
-  kw = dict(llama=llama, image_token_id=ids[tokens.IMAGE], bbox_token_id=ids[tokens.BBOX],
-            p_open_token_id=ids[tokens.P_OPEN], p_close_token_id=ids[tokens.P_CLOSE],
-            seg_token_id=ids[tokens.SEG])
-  return dataclasses.replace(base, **kw)
+  parts = {name: schema.override(getattr(base, name), getattr(m, name), f"model.{name}.")
+           for name in ("vit", "box", "decoder", "pixel")}
+  if "lora" in m.llama:
+    raise ConfigError("model.llama.lora: set the adapters under model.lora")
+  old = dict(rank=m.lora_rank, alpha=m.lora_alpha, dropout=m.lora_dropout,
+             target_modules=m.lora_targets)
+  lora = schema.override(base.llama.lora or LoraConfig(),
+                         {**{k: v for k, v in old.items() if v is not None}, **m.lora}, "model.lora.")
+  llama = schema.override(base.llama, m.llama, "model.llama.")
+  llama = dataclasses.replace(llama, lora=lora, remat=m.remat or llama.remat)
+  ids = {}
+  if vocab_size != 0:  # not only checking: the tokenizer's vocabulary and special ids
+    if tokenizer is None:
+      tokenizer = tokens.load_tokenizer(m.tokenizer)
+    if "vocab_size" not in m.llama:
+      llama = dataclasses.replace(llama, vocab_size=max(base.llama.vocab_size, len(tokenizer)))
+    special = tokens.special_token_ids(tokenizer)
+    ids = dict(image_token_id=special[tokens.IMAGE], bbox_token_id=special[tokens.BBOX],
+               p_open_token_id=special[tokens.P_OPEN], p_close_token_id=special[tokens.P_CLOSE],
+               seg_token_id=special[tokens.SEG])
+  try:
+    return dataclasses.replace(base, llama=llama, **parts, **ids)
+  except ValueError as e:  # FiFaConfig's cross-part checks (widths, layers, ids)
+    raise ConfigError(f"model: {e}") from None
 
 
 # ---------------------------------------------------------------------------
 # Loading
-
-
-def _suggest(key: str, names) -> str:
-  near = difflib.get_close_matches(key, list(names), n=1)
-  return f" (did you mean {near[0]!r}?)" if near else ""
-
-
-def _check_type(value: Any, tp: Any, where: str) -> Any:
-  origin = typing.get_origin(tp)
-  if tp is Any:
-    return value
-  if origin in (typing.Union, types.UnionType):
-    errors = []
-    for arm in typing.get_args(tp):
-      if arm is type(None):
-        if value is None:
-          return None
-        continue
-      try:
-        return _check_type(value, arm, where)
-      except ConfigError as e:
-        errors.append(e)
-    raise errors[0] if errors else ConfigError(f"{where}: must not be null")
-  if origin is list:
-    if not isinstance(value, (list, tuple)):
-      raise ConfigError(f"{where}: expected a list, got {value!r}")
-    (arg,) = typing.get_args(tp)
-    return [_check_type(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
-  if origin is dict:
-    if not isinstance(value, dict):
-      raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-    _, arg = typing.get_args(tp)
-    return {str(k): _check_type(v, arg, f"{where}.{k}") for k, v in value.items()}
-  if tp is float:
-    if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
-      try:
-        value = float(value)
-      except ValueError:
-        pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-      raise ConfigError(f"{where}: expected a number, got {value!r}")
-    return float(value)
-  if tp is int:
-    if isinstance(value, bool) or not isinstance(value, int):
-      raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    return value
-  if tp is bool:
-    if not isinstance(value, bool):
-      raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    return value
-  if tp is str:
-    if not isinstance(value, str):
-      raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
-  raise ConfigError(f"{where}: unsupported type {tp}")
 
 
 def _apply(obj: Any, updates: dict, prefix: str = "") -> None:
@@ -284,14 +252,14 @@ def _apply(obj: Any, updates: dict, prefix: str = "") -> None:
   for key, value in updates.items():
     where = f"{prefix}{key}"
     if key not in fields:
-      raise ConfigError(f"{where}: unknown key" + _suggest(str(key), fields))
+      raise ConfigError(f"{where}: unknown key" + schema.suggest(str(key), fields))
     current = getattr(obj, key)
     if dataclasses.is_dataclass(current):
       _apply(current, value, where + ".")
-    elif typing.get_origin(hints[key]) is dict and isinstance(value, dict) and key == "llama":
-      current.update(_check_type(value, hints[key], where))  # merged, checked in validate()
+    elif isinstance(obj, ModelConfig) and key in MODEL_PARTS and isinstance(value, dict):
+      current.update(schema.check(value, hints[key], where))  # merged; checked in validate()
     else:
-      setattr(obj, key, _check_type(value, hints[key], where))
+      setattr(obj, key, schema.check(value, hints[key], where))
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:

@@ -34,6 +34,26 @@ def test_unknown_and_misspelt_keys_are_named(tmp_path):
     config.load(None, ["train.batch_size=10", "train.grad_accum=3"])
 
 
+def test_model_parts_are_typed_overrides_of_the_preset():
+  # Each model.<part> overrides its dataclass key by key; the rest stays the preset's.
+  c = config.load(None, ["model.preset=cpu", "model.vit.layers=2", "model.decoder.heads=2",
+                         "model.lora.rank=4", "model.box.layers=[1,2,2,2]", "model.llama.scan_layers=true"])
+  f = config.model_config(c)
+  assert (f.vit.layers, f.vit.width, f.decoder.heads, f.box.layers) == (2, 128, 2, (1, 2, 2, 2))
+  assert (f.llama.lora.rank, f.llama.lora.alpha, f.llama.scan_layers) == (4, 16.0, True)
+  # the older flat spelling still reads; model.lora wins over it
+  f = config.model_config(config.load(None, ["model.lora_rank=6", "model.lora.alpha=3"]))
+  assert (f.llama.lora.rank, f.llama.lora.alpha) == (6, 3.0)
+  for override, message in [
+      ("model.vit.widht=64", r"model\.vit\.widht: unknown key \(did you mean 'width'\?\)"),
+      ("model.pixel.dim=wide", r"model\.pixel\.dim: expected an integer, got 'wide'"),
+      ("model.lora.target_modules=q_proj", r"model\.lora\.target_modules: expected a list"),
+      ("model.box.layers=[1,2,99,4]", r"box encoder layers .* exceed the encoder's"),
+      ("model.llama.lora={rank: 2}", r"model\.llama\.lora: set the adapters under model\.lora")]:
+    with pytest.raises(config.ConfigError, match=message):
+      config.load(None, [override])
+
+
 def test_precedence_defaults_includes_file_overrides(tmp_path):
   (tmp_path / "base.yaml").write_text("train: {steps: 5, batch_size: 4}\noptim: {lr: 0.1}\n")
   (tmp_path / "mid.yaml").write_text("include: base.yaml\ntrain: {steps: 6}\n")
@@ -49,7 +69,9 @@ def test_precedence_defaults_includes_file_overrides(tmp_path):
 def test_paper_recipe_matches_appendix_b():
   c = config.load(REPO / "configs/paper_multitask.yaml")
   assert (c.train.batch_size, c.train.steps, c.optim.lr, c.optim.warmup_steps) == (40, 12500, 3e-4, 100)
-  assert c.model.lora_rank == 128 and not c.model.train_embeddings
+  lora = config.model_config(c).llama.lora
+  assert (lora.rank, lora.alpha, lora.dropout, lora.target_modules) == (128, 256.0, 0.05, ("q_proj", "v_proj"))
+  assert not c.model.train_embeddings
   assert c.data.tasks == config.TABLE17_RATIOS
   assert (c.loss.text, c.loss.det_cls, c.loss.mask_bce, c.loss.mask_dice) == (1.0, 0.2, 0.5, 2.0)
   s = config.load(REPO / "configs/single/r-age.yaml")
