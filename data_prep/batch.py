@@ -27,6 +27,8 @@ import time
 import traceback
 from pathlib import Path
 
+from tqdm import tqdm
+
 from data_prep import store
 from data_prep.imageio import IMAGE_EXTS
 
@@ -99,15 +101,17 @@ _ANN = None
 
 
 def _init_worker(config):
+  # in each worker process: OpenCV and MediaPipe load there, not in the parent
   import cv2
   cv2.setNumThreads(1)
   global _ANN
-  from data_prep.pipeline import Annotator
+  from data_prep.pipeline import Annotator  # in the worker, as cv2 above
   _ANN = Annotator(config)
 
 
 def run_job(job: Job) -> dict:
   """Annotate one image; never raises: returns {"rel", "ok", "reason", "flags", "artifact"}."""
+  # in the worker (see _init_worker)
   from data_prep import artifacts, imageio, landmarks, overlay
   t0, c0 = time.perf_counter(), time.process_time()
   res = {"rel": job.rel, "ok": False, "reason": "", "flags": [], "artifact": None}
@@ -126,6 +130,7 @@ def run_job(job: Job) -> dict:
     arrays = _ANN.annotate(rgb, art, key=job.rel, meta=meta)
     store.save(job.out, arrays)
     if job.overlay:
+      # in the worker (see _init_worker)
       from data_prep.masks import unpack_boxes
       atomic = unpack_boxes(arrays["atomic_boxes"], arrays["atomic_box_bits"], *rgb.shape[:2])
       imageio.save_png(job.overlay, overlay.render(rgb, atomic, arrays["parsing"], title=job.rel,
@@ -143,7 +148,6 @@ def run_job(job: Job) -> dict:
 def run(in_dir, out_dir, config=None, workers: int = 2, artifacts=None, reals=None, overlays: bool = False,
         progress: bool = True) -> dict:
   """Run a batch; returns the summary (also written to OUT_DIR/summary.json)."""
-  from tqdm import tqdm
   in_dir, out_dir = Path(in_dir), Path(out_dir)
   if not in_dir.is_dir():
     raise FileNotFoundError(f"{in_dir}: not a folder")

@@ -101,6 +101,7 @@ def annotation_path(ann: Path, item: dict) -> Path:
 def _mask_entry(item: dict, d: dict | None, image: bytes, explainer: str | None) -> records.MaskEntry:
   meta = {k: item[k] for k in ("split", "label", "technique", "identity", "base") if k in item}
   if d is None:  # Det./Cls. only: no annotation, so no Region Masks (all empty, said so)
+    # lazy: OpenCV only for the mask files
     import cv2
     im = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_UNCHANGED)
     if im is None:
@@ -123,6 +124,7 @@ def _mask_entry(item: dict, d: dict | None, image: bytes, explainer: str | None)
 def build_unit(items: Sequence[dict], src: Path, ann: Path, explainer, seed: int,
                max_region: int | None, max_box: int | None):
   """(mask entries, QA records, failures [(id, reason)]) of one unit."""
+  # lazy: explainers imports the HTTP client, unused when only masks are built
   from data_prep import explainers, store
 
   failures: list[tuple[str, str]] = []
@@ -189,6 +191,7 @@ def _config_hash(items, args: dict) -> str:
 def build(src, ann, out, *, explainer: str = "offline", images_per_unit: int = 64, seed: int = 0,
           max_region: int | None = None, max_box: int | None = None, progress: bool = True) -> dict:
   """Build (or resume) the shards; returns the summary written to OUT/build.json."""
+  # lazy: as in build_unit
   from tqdm import tqdm
   from data_prep import explainers
 

@@ -85,12 +85,14 @@ def _add_pair_args(ap):
 
 
 def _pair_rule(a):
+  # lazy: `--help` and the other commands load none of this
   from data_prep.artifacts import PairRule
   return PairRule(top_percent=a.top_percent, min_diff=a.min_diff, blur_sigma=a.blur_sigma,
                   max_shift=a.max_shift, min_corr=a.min_corr)
 
 
 def _config(a):
+  # lazy: `--help` and the other commands load none of this
   from data_prep import artifacts, bage, pipeline
   return pipeline.Config(
       parser=a.parser, parser_labels=a.parser_labels, parser_size=a.parser_size, parser_crop=a.parser_crop,
@@ -113,8 +115,10 @@ def _need_file(p, what):
 
 
 def cmd_regions(a) -> int:
+  # lazy: `--help` and the other commands load none of this
   import numpy as np
 
+  # lazy: `--help` and the other commands load none of this
   from data_prep import artifacts, imageio, overlay, pipeline, regions, store
   from fifa_jax import fict
   _need_file(a.image, "image")
@@ -154,6 +158,7 @@ def cmd_regions(a) -> int:
 
 
 def cmd_artifact_mask(a) -> int:
+  # lazy: `--help` and the other commands load none of this
   from data_prep import artifacts, imageio
   _need_file(a.real, "real image")
   _need_file(a.fake, "fake image")
@@ -166,6 +171,7 @@ def cmd_artifact_mask(a) -> int:
 
 
 def cmd_batch(a) -> int:
+  # lazy: `--help` and the other commands load none of this
   from data_prep import batch
   if a.artifacts and a.reals:
     raise UsageError("give --artifacts or --reals, not both")
@@ -181,11 +187,13 @@ def cmd_batch(a) -> int:
 
 
 def cmd_procedures(a) -> int:
+  # lazy: `--help` and the other commands load none of this
   from data_prep import regions
   return regions.main(["--doc"] if a.markdown else [])
 
 
 def cmd_sample(a) -> int:
+  # lazy: `--help` and the other commands load none of this
   from data_prep import samples
   from data_prep.imageio import save_png
   rgb = {"astronaut": samples.astronaut, "tom_hanks": samples.tom_hanks}[a.name]()
@@ -195,6 +203,7 @@ def cmd_sample(a) -> int:
 
 
 def cmd_synth(a) -> int:
+  # lazy: `--help` and the other commands load none of this
   from data_prep import synth
   if a.n < 3 or (a.n_real is not None and a.n_real < 3):
     raise UsageError("--n and --n-real must be at least 3 (one per split)")
@@ -210,6 +219,7 @@ def cmd_synth(a) -> int:
 
 
 def cmd_dffd(a) -> int:
+  # lazy: `--help` and the other commands load none of this
   from data_prep import dffd
   if a.faceapp_reals and a.faceapp_masks:
     raise UsageError("give --faceapp-reals or --faceapp-masks, not both")
@@ -308,6 +318,7 @@ def build_parser():
 def main(argv=None) -> int:
   ap = build_parser()
   a = ap.parse_args(argv)
+  # lazy: `--help` and the other commands load none of this
   from data_prep.artifacts import PairError
   from data_prep.imageio import ImageError
   from data_prep.landmarks import FaceError

@@ -56,6 +56,7 @@ class LLM:
     self.progress = progress
 
   def step3(self, jobs: Mapping[str, Step3Job]) -> dict:
+    # lazy: OpenCV only for Step 3's crops
     import cv2
     msgs = {}
     for k, j in jobs.items():

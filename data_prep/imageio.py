@@ -62,6 +62,7 @@ def _png_fast(path: Path, im: Image.Image):
       a = None
     if a is not None and a.dtype == np.uint8 and (a.shape[2] if a.ndim == 3 else 1) == want:
       return a if want != 4 else np.ascontiguousarray(a[..., :3])
+  # lazy: OpenCV only on the fast PNG path
   import cv2
   a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
   if a is None or a.dtype != np.uint8 or (a.shape[2] if a.ndim == 3 else 1) != want:

@@ -158,9 +158,10 @@ class Landmarker:
 
   def _flip_average(self, rgb: np.ndarray, lm: np.ndarray, padded: bool) -> np.ndarray:
     """Average with the landmarks of the mirrored picture, mirrored back (matched face only)."""
+    # lazy: OpenCV and the mirror table only when flip averaging is on
     from data_prep.mesh import MIRROR
     h, w = rgb.shape[:2]
-    import cv2
+    import cv2  # lazy: as above
     flipped = cv2.flip(rgb, 1)  # the same pixels as rgb[:, ::-1], 40x faster than numpy's copy
     faces = self._faces_in(flipped, padded)
     best, best_d = None, np.inf

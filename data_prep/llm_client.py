@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 
 class ExplainError(ValueError):
   """A response that cannot be used; the message says why."""
@@ -184,8 +186,7 @@ def _retry_after(value: str | None) -> float | None:
 
 def _progress(total: int, desc: str, enabled: bool):
   try:
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="req", disable=not enabled)
+      return tqdm(total=total, desc=desc, unit="req", disable=not enabled)
   except ImportError:  # tqdm is in both environments; this keeps the module stdlib-only
     class _Null:
       def update(self, n): pass

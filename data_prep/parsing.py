@@ -89,6 +89,7 @@ class OnnxParser(FaceParser):
   def __init__(self, path: str, labels="celebamask", size: int = 512,
                mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop: str = "full",
                crop_scale: float = 2.0, threads: int = 1):
+    # lazy: onnxruntime only when a parsing model is given
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -114,6 +115,7 @@ class OnnxParser(FaceParser):
     self.crop, self.crop_scale = crop, float(crop_scale)
 
   def _run(self, rgb: np.ndarray) -> np.ndarray:
+    # lazy: OpenCV only when parsing runs
     import cv2
     h, w = rgb.shape[:2]
     th, tw = self.size
@@ -182,6 +184,7 @@ class BuiltinParser(FaceParser):
   MODEL_SIZE = {0: (256, 256), 1: (256, 144)}
 
   def __init__(self, threshold: float = 0.5, model_selection: int = 0, flip_average: bool = True):
+    # lazy: MediaPipe's segmenter loads only when asked for
     import mediapipe as mp
     self._seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model_selection)
     self.threshold = threshold
@@ -200,6 +203,7 @@ class BuiltinParser(FaceParser):
     model-sized arrays (~2 ms less a pass at 512x512), and the flip average is taken
     before upsampling.
     """
+    # lazy: as above
     import cv2
     h, w = rgb.shape[:2]
     mw, mh = self.model_size
@@ -213,6 +217,7 @@ class BuiltinParser(FaceParser):
 
   def person(self, rgb: np.ndarray) -> np.ndarray:
     """The probability, upsampled to the picture's size (INTER_LINEAR), > threshold."""
+    # lazy: as above
     import cv2
     h, w = rgb.shape[:2]
     prob = self.probability(rgb)

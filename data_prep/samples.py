@@ -32,6 +32,7 @@ def cache_dir() -> Path:
 
 def astronaut() -> np.ndarray:
   """skimage's astronaut, HxWx3 uint8 RGB."""
+  # lazy: skimage only for this sample
   from skimage import data
   return np.ascontiguousarray(data.astronaut())
 
@@ -61,6 +62,7 @@ def tom_hanks_path() -> Path:
 
 def tom_hanks() -> np.ndarray:
   """insightface's Tom Hanks sample, 112x112x3 uint8 RGB."""
+  # lazy: PIL only for this sample
   from PIL import Image
   with Image.open(tom_hanks_path()) as im:
     return np.asarray(im.convert("RGB"))

@@ -39,6 +39,7 @@ Deterministic for a given (seed, n, n_real, size): a rerun rewrites the same fil
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -47,6 +48,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from data_prep import mesh
 from data_prep.imageio import save_png
@@ -78,6 +80,7 @@ STRENGTHS = {
 
 def base_faces(include_t1: bool = True) -> dict[str, np.ndarray]:
   """{name: HxWx3 uint8 RGB} of the offline real faces."""
+  # lazy: the samples pull in skimage, unused when faces are given
   from data_prep import samples
   out = {"astronaut": samples.astronaut()}
   try:
@@ -87,8 +90,7 @@ def base_faces(include_t1: bool = True) -> dict[str, np.ndarray]:
   if include_t1:
     wheels = sorted((samples.cache_dir() / "wheels").glob("insightface-*.whl"))
     if wheels:
-      from PIL import Image
-      import io
+      from PIL import Image  # lazy: PIL only to read the wheel's bundled faces
       with zipfile.ZipFile(wheels[-1]) as z:
         t1 = np.asarray(Image.open(io.BytesIO(z.read("insightface/data/images/t1.jpg"))).convert("RGB"))
       for name, (cx, cy, s) in T1_CROPS.items():
@@ -322,6 +324,7 @@ class _Faces:
   """Base faces with their landmarks and a landmarker for variants."""
 
   def __init__(self, seed_faces: dict[str, np.ndarray]):
+    # lazy: MediaPipe loads only when variants are made
     from data_prep.landmarks import Landmarker
     self.lmk = Landmarker(flip_average=False)
     self.faces = {}
@@ -344,7 +347,6 @@ class _Faces:
 
 def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None, progress: bool = True) -> dict:
   """Write the set (layout in the module docstring); returns a summary."""
-  from tqdm import tqdm
   cfg = cfg or SynthConfig()
   out = Path(out_dir)
   n_real = cfg.n_real if cfg.n_real is not None else max(3, cfg.n // 2)

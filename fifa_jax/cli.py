@@ -89,6 +89,7 @@ def fict(
     concept: Optional[str] = typer.Option(None, help="Show one concept."),
 ) -> None:
   """The Facial Image Concept Tree (184 concepts, 8 levels)."""
+  # lazy: `--help` and the other commands load none of this
   from fifa_jax import fict as fict_lib
 
   args = (["--dump"] if dump else []) + (["--concept", concept] if concept else [])
@@ -100,6 +101,7 @@ def params(
     config: str = typer.Option("paper", help="Model preset: paper (FaRL ViT-B/16 + Vicuna-7B), cpu or tiny."),
 ) -> None:
   """Parameter count per FiFa-MLLM component, from shapes only (nothing allocated)."""
+  # lazy: `--help` and the other commands load none of this
   from fifa_jax.models import fifa as fifa_model
 
   presets = fifa_model.PRESETS
@@ -161,9 +163,11 @@ def data_stats(
     check: bool = typer.Option(False, help="also check every Loc./AGE record: [SEG] count = mask count, masks non-empty"),
 ) -> None:
   """Per-task, per-split counts (as Table 2)."""
+  # lazy: `--help` and the other commands load none of this
   from rich.console import Console
   from rich.table import Table
 
+  # lazy: `--help` and the other commands load none of this
   from fifa_jax.data import stats
   try:
     per_split, sources = stats.count(build_dir)
@@ -212,6 +216,7 @@ def data_subset(
 ) -> None:
   """A few images and their records as a build of its own: train on it until the model
   reproduces them (the overfitting check; docs/learning.md)."""
+  # lazy: `--help` and the other commands load none of this
   from fifa_jax.data import subset
   try:
     s = subset.subset(src, out, fakes=fakes, reals=reals, per_task=per_task,
@@ -233,6 +238,7 @@ def data_show(
     masks: Optional[Path] = typer.Option(None, help="mask store folder (default: the build's masks/)"),
 ) -> None:
   """Draw one record's prompt, answer and masks."""
+  # lazy: `--help` and the other commands load none of this
   from fifa_jax.data import show
   try:
     rec = show.show(shard, index, out, masks)
@@ -251,6 +257,7 @@ def data_adapt(
     split: str = typer.Option(..., help="train, dev or test"),
 ) -> None:
   """DD-VQA / DFA-Instruct style data -> FiFa records (text-only i-toe; layouts in docs/data.md)."""
+  # lazy: `--help` and the other commands load none of this
   from fifa_jax.data import adapters
   try:
     s = adapters.adapt(kind, annotations, images, out, split)
@@ -278,6 +285,7 @@ def train(
   Exit status: 0 done, 2 bad configuration, 3 stopped on non-finite losses,
   143 preempted (SIGTERM) after a final save.
   """
+  # lazy: `--help` and the other commands load none of this
   from fifa_jax import config as config_lib
 
   try:
@@ -288,6 +296,7 @@ def train(
   if print_config:
     typer.echo(config_lib.dump(cfg))
     raise typer.Exit(code=0)
+  # lazy: `--help` and the other commands load none of this
   from fifa_jax.train import loop
 
   raise typer.Exit(code=loop.train(cfg, workdir))
@@ -308,6 +317,7 @@ def evaluate(
     param_dtype: Optional[str] = typer.Option(None, help="Weights' dtype for decoding: float32, bfloat16 or float16 (default: the model's compute dtype, bf16 for the paper preset)."),
 ) -> None:
   """FiFa-Bench / DD-VQA / DFA-Bench evaluation, data parallel over devices and hosts."""
+  # lazy: `--help` and the other commands load none of this
   from fifa_jax.eval import bench
   from fifa_jax.infer import load as load_lib
 
@@ -338,6 +348,7 @@ def infer(
     param_dtype: Optional[str] = typer.Option(None, help="Weights' dtype for decoding: float32, bfloat16 or float16 (default: the model's compute dtype, bf16 for the paper preset)."),
 ) -> None:
   """Ask a trained model about one face; prints the answer, writes JSON and a mask overlay."""
+  # lazy: `--help` and the other commands load none of this
   from fifa_jax.infer import load as load_lib
   from fifa_jax.infer import predict
   from fifa_jax.infer import run as infer_run

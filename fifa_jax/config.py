@@ -167,6 +167,7 @@ class Config:
 
   def validate(self) -> "Config":
     m, d, t = self.model, self.data, self.train
+    # lazy: the models pull in jax and flax, which config checks and `--help` do without
     from fifa_jax.models.fifa import PRESETS
     if m.preset not in PRESETS:
       raise ConfigError(f"model.preset: {m.preset!r} is not one of {sorted(PRESETS)}")

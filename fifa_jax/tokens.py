@@ -19,6 +19,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from fifa_jax import fict
+
 IMAGE = "<image>"
 BBOX = "<bbox>"
 P_OPEN = "<p>"
@@ -246,6 +248,7 @@ VICUNA_V1_1 = Conversation()
 
 def add_special_tokens(tokenizer):
   """Add the FiFa special tokens to a transformers tokenizer (idempotent)."""
+  # lazy: tokens.py is shared with data_prep, which never builds a tokenizer
   from tokenizers import AddedToken
 
   # Tokens already in the vocabulary keep their id but become atomic.
@@ -280,8 +283,6 @@ def load_tokenizer(path: str | os.PathLike | None = None):
 
 
 def _demo_corpus() -> list[str]:
-  from fifa_jax import fict
-
   rng = random.Random(0)
   no_special = lambda q: re.sub("|".join(map(re.escape, SPECIAL_TOKENS)), " ", q)
   lines = list(fict.NAMES)
@@ -325,6 +326,7 @@ def demo_tokenizer_dir() -> Path:
 
   Built once per process into a temporary folder (deterministic; about 0.1 s).
   """
+  # lazy: as in add_special_tokens
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
   from transformers import PreTrainedTokenizerFast
 

@@ -97,3 +97,29 @@ def test_the_checker_sees_an_upward_import(tmp_path):
   src.write_text("def f():\n  from fifa_jax.train import loop\n")
   assert "fifa_jax.train.loop" in imports(src)
   assert GRAPH["fifa_jax.cli"] and GRAPH["fifa_jax.models.fifa"]
+
+
+def local_imports_without_reason() -> list[str]:
+  """Function-local imports with no comment on their line or above their block."""
+  missing = []
+  for name, path in ALL.items():
+    lines = path.read_text().splitlines()
+    for fn in ast.walk(ast.parse("\n".join(lines))):
+      if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        continue
+      for node in ast.walk(fn):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+          continue
+        i = node.lineno - 1
+        while i > 0 and lines[i - 1].strip().startswith(("import ", "from ")) and "#" not in lines[i]:
+          i -= 1  # up to the first import of the block
+        if "#" not in lines[node.lineno - 1] and "#" not in lines[i] and not lines[i - 1].strip().startswith("#"):
+          missing.append(f"{path.relative_to(REPO)}:{node.lineno}")
+  return missing
+
+
+def test_function_local_imports_say_why():
+  # An import inside a function hides an edge; each one says why it is there (a slow or
+  # optional dependency kept off `fifa --help` and off workers that never use it).
+  missing = local_imports_without_reason()
+  assert not missing, f"{len(missing)} function-local imports without a reason: {missing[:20]}"

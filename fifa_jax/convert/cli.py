@@ -206,6 +206,7 @@ def _fifa_config(spec: str | None, overrides: list[str] | None = None):
   from fifa_jax.convert import checkpoint  # noqa: PLC0415
   from fifa_jax.models.fifa import FiFaConfig  # noqa: PLC0415
 
+  # lazy: `--help` and the other commands load none of this
   from fifa_jax.models.fifa import PRESETS as presets
   if spec in presets:
     return presets[spec]()

@@ -125,6 +125,7 @@ ADAPTERS = {"dd-vqa": ddvqa_records, "dfa-instruct": dfa_records}
 
 def adapt(kind: str, path, images, out, split: str) -> dict:
   """Write a build folder from one annotation file; returns {records, images}."""
+  # lazy: OpenCV only for the adapters that re-encode images
   import cv2
   if kind not in ADAPTERS:
     raise AdapterError(f"unknown adapter {kind!r}; choose from {sorted(ADAPTERS)}")

@@ -51,7 +51,7 @@ import numpy as np
 
 from fifa_jax import tokens
 from fifa_jax.data import mixing
-from fifa_jax.data.records import MaskStore, QARecord
+from fifa_jax.data.records import MaskStore, QARecord, read_qa_records
 
 CLIP_MEAN = np.asarray([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.asarray([0.26862954, 0.26130258, 0.27577711], np.float32)
@@ -327,6 +327,7 @@ def make_dataset(pc: PipelineConfig, layout: Layout, process_index: int = 0,
 
 def _absl_flags_parsed() -> None:
   """grain's worker processes read absl flags; a CLI that is not absl's must mark them parsed."""
+  # lazy: absl is grain's dependency, needed only when workers start
   from absl import flags
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
@@ -343,7 +344,6 @@ def iterate(pc: PipelineConfig, layout: Layout, process_index: int = 0, process_
 
 def seg_counts(pc: PipelineConfig) -> dict[str, np.ndarray]:
   """[SEG]s per record, per task with a positive weight, from the split's shards."""
-  from fifa_jax.data.records import read_qa_records
   out = {}
   for task, w in pc.tasks.items():
     if w > 0 and tokens.task_has_masks(task):

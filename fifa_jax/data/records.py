@@ -374,6 +374,7 @@ class QARecord:
 
 def write_shard(path: str | os.PathLike, payloads: Iterable[bytes]) -> int:
   """Write byte records to one ArrayRecord file atomically; returns the count."""
+  # lazy: the records' encoders run in data_prep's environment too, which reads no shards
   from array_record.python.array_record_module import ArrayRecordWriter
 
   path = Path(path)
@@ -395,6 +396,7 @@ def write_shard(path: str | os.PathLike, payloads: Iterable[bytes]) -> int:
 
 
 def read_shard(path: str | os.PathLike) -> list[bytes]:
+  # lazy: as in write_shard
   from array_record.python.array_record_module import ArrayRecordReader
 
   if not Path(path).is_file():
@@ -515,6 +517,7 @@ class MaskStore:
       raise KeyError(f"image {image_id!r} is not in mask store {str(self.folder)!r}") from None
     reader = self._readers.get(shard)
     if reader is None:
+      # lazy: as in write_shard
       from array_record.python.array_record_module import ArrayRecordReader
 
       reader = self._readers[shard] = ArrayRecordReader(str(self.folder / self.shards[shard]))

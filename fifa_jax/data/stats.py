@@ -13,6 +13,8 @@ import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from fifa_jax import tokens
 from fifa_jax.data import records
 
@@ -70,7 +72,6 @@ def seg_counts(out: str | os.PathLike, split: str = "train") -> dict[str, list[i
 
 def seg_table(counts: dict[str, list[int]]) -> list[list[str]]:
   """Rows: header, one per Loc./AGE task: records, min, median, mean, p99, max [SEG]s."""
-  import numpy as np
   rows = [["Task", "records", "min", "median", "mean", "p99", "max"]]
   for t in tokens.TASKS:
     c = np.asarray(counts.get(t, []))

@@ -40,6 +40,7 @@ class Fifa11(tfds.core.GeneratorBasedBuilder):
   @tfds_utils.classproperty
   @classmethod
   def code_path(cls):
+    # lazy: tfds calls this on the class; etils only then
     from etils import epath
     return epath.Path(__file__)
 
@@ -75,6 +76,7 @@ class Fifa11(tfds.core.GeneratorBasedBuilder):
     return {s: self._generate_examples(build, s) for s in records.SPLITS if (build / "qa" / s).is_dir()}
 
   def _generate_examples(self, build: Path, split: str):
+    # lazy: OpenCV only when examples are generated
     import cv2
     store = records.MaskStore(build / "masks")
 

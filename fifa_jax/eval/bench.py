@@ -27,8 +27,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
-from fifa_jax import tokens
+from fifa_jax import mesh as mesh_lib, tokens
 from fifa_jax.data.pipeline import decode_image
 from fifa_jax.data.records import MaskStore, QARecord, read_qa_records
 from fifa_jax.eval import metrics as metrics_lib
@@ -67,7 +68,6 @@ def evaluate(loaded: Loaded, data: str | Path, split: str, out: str | Path, *,
              max_per_task: int | None = None, batch_size: int = 8, max_new_tokens: int = 128,
              overlays_per_task: int = 2, progress: bool = True) -> dict:
   """Run the benchmark; returns the report dict (also written to `out`)."""
-  from fifa_jax import mesh as mesh_lib
 
   if layout not in LAYOUT_TASKS:
     raise ValueError(f"unknown layout {layout!r}; choose from {sorted(LAYOUT_TASKS)}")
@@ -206,10 +206,10 @@ def _mask_scores_from_counts(rs: list[dict], inter_key: str = "mask_inter",
 
 def _barrier(name: str) -> None:
   if jax.process_count() > 1:
+    # lazy: multi-host only
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
 
 
 def _bar(total: int, enabled: bool):
-  from tqdm import tqdm
   return tqdm(total=total, desc="eval", unit="sample", disable=not enabled)

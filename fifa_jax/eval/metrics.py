@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import shutil
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -96,6 +98,7 @@ def caption_scores(predictions: list[str], references: list[list[str]]) -> dict[
   if shutil.which("java") is None:
     raise RuntimeError("caption metrics need Java (pycocoevalcap's PTB tokenizer and METEOR 1.5 "
                        "run on it): install a JRE, e.g. `apt-get install default-jre-headless`")
+  # lazy: pycocoevalcap (and the Java it starts) only when captions are scored
   from pycocoevalcap.bleu.bleu import Bleu
   from pycocoevalcap.cider.cider import Cider
   from pycocoevalcap.meteor.meteor import Meteor
@@ -125,8 +128,6 @@ def caption_scores(predictions: list[str], references: list[list[str]]) -> dict[
 @contextlib.contextmanager
 def _quiet_stderr_fd():
   """Send file descriptor 2 (what child processes inherit) to /dev/null for a while."""
-  import os
-  import sys
 
   sys.stderr.flush()
   saved = os.dup(2)

@@ -45,6 +45,7 @@ def barrier(name: str, timeout_s: int) -> None:
   """Wait until every process arrives, or fail after `timeout_s` naming the barrier."""
   if jax.process_count() == 1:
     return
+  # lazy: multi-process only (jax keeps its client in a private module)
   from jax._src import distributed as _dist
 
   client = _dist.global_state.client

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from fifa_jax import checkpoint as ckpt_lib, config as config_lib, mesh as mesh_lib, tokens
 from fifa_jax.data import pipeline
@@ -60,6 +61,7 @@ def agree_length(batch: dict, pad_id: int) -> dict:
   """All hosts pad to the largest bucket any host chose (global arrays need one shape)."""
   if jax.process_count() == 1:
     return batch
+  # lazy: multi-host only
   from jax.experimental import multihost_utils
   n = int(np.max(multihost_utils.process_allgather(np.int32(batch["input_ids"].shape[1]))))
   return pipeline.pad_to_length(batch, n, pad_id)
@@ -181,8 +183,7 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
   previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True))
   bar = None
   if cfg.train.progress and jax.process_index() == 0:
-    from tqdm import tqdm
-    bar = tqdm(total=cfg.train.steps, initial=start, desc=cfg.name, unit="step", dynamic_ncols=True)
+      bar = tqdm(total=cfg.train.steps, initial=start, desc=cfg.name, unit="step", dynamic_ncols=True)
   acc = metrics_lib.Accumulator()
   status = EXIT_OK
   step = start

@@ -140,6 +140,7 @@ class MetricsWriter:
     workdir.mkdir(parents=True, exist_ok=True)
     self.jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
     if tensorboard:
+      # lazy: tensorboardX only when TensorBoard files are written
       from tensorboardX import SummaryWriter
       self.tb = SummaryWriter(str(workdir / "tb"))
 

@@ -18,9 +18,10 @@ PARTS = (("text", "text CE"), ("mask_dice", "mask Dice"), ("mask_bce", "mask BCE
 
 
 def plot(metrics_path: str | Path, out: str | Path, title: str | None = None) -> Path:
+  # lazy: matplotlib only when a curve is drawn
   import matplotlib
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # after choosing the headless backend
 
   rows = [r for r in read_jsonl(metrics_path) if "train/loss" in r]
   if not rows:
