@@ -15,33 +15,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fifa_jax import config, tokens
-from fifa_jax import mesh as mesh_lib
-from fifa_jax.data import records, toy
+from fifa_jax import tokens
+from fifa_jax.data import records
 from fifa_jax.eval import bench, metrics
 from fifa_jax.infer import load as load_lib
 from fifa_jax.infer import predict
-from fifa_jax import checkpoint as ckpt_lib
-from fifa_jax.train import state as state_lib
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  """A run folder as `fifa train` leaves it: config.yaml + checkpoints/<step>/ (no training)."""
-  base = tmp_path_factory.mktemp("infer")
-  data = toy.write_toy_dataset(base / "data", n_images=4, splits=("test",))
-  cfg = config.load(ROOT / "configs/tiny_cpu.yaml", [f"data.root={data}"])
-  work = base / "run"
-  work.mkdir()
-  (work / "config.yaml").write_text(config.dump(cfg))
-  setup = state_lib.make_setup(cfg, config.model_config(cfg), mesh_lib.make_mesh(devices=jax.devices()[:1]))
-  state = state_lib.init_state(setup, 7)
-  ck = ckpt_lib.Checkpointer(work / "checkpoints", keep=1, async_save=False)
-  ck.save(3, state, {}, {"step": 3})
-  ck.close()
-  return work, data, jax.device_get(state)
 
 
 @pytest.mark.slow
