@@ -337,26 +337,44 @@ def evaluate(
 @app.command()
 def infer(
     checkpoint: str = typer.Option(..., help="Training workdir, WORKDIR/checkpoints/<step>, or a `fifa convert model` folder."),
-    image: str = typer.Option(..., help="Face image (any format OpenCV reads)."),
+    image: str = typer.Option(..., help="Face image (any format OpenCV reads), or a folder or glob of them "
+                                         "(then OUT/answers.jsonl: one line per image and task, resumable)."),
     task: str = typer.Option(..., help="det, cls, i-loc, r-loc, b-loc, i-toe, r-toe, b-toe, i-age, r-age, b-age, "
                                        "or all (one batch; needs --region and --box; writes OUT/<task>/)."),
-    out: str = typer.Option(..., help="Folder for answer.json and overlay.png."),
+    out: str = typer.Option(..., help="Folder for answer.json and overlay.png (answers.jsonl for many images)."),
     region: Optional[str] = typer.Option(None, help="FICT concept, for r- tasks."),
     box: Optional[str] = typer.Option(None, help="x1,y1,x2,y2 in image pixels, for b- tasks."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer folder (default: the checkpoint's)."),
     max_new_tokens: int = typer.Option(128, help="Answer length limit."),
     param_dtype: Optional[str] = typer.Option(None, help="Weights' dtype for decoding: float32, bfloat16 or float16 (default: the model's compute dtype, bf16 for the paper preset)."),
+    batch_size: int = typer.Option(8, help="Questions per generation (many images)."),
+    overlays: bool = typer.Option(False, "--overlays", help="Many images: also write OUT/overlays/<image>.<task>.png."),
+    rle: str = typer.Option("fifa", help="Mask RLE in the JSON: fifa (row-major runs) or coco (pycocotools' compressed)."),
+    progress: bool = typer.Option(True, help="Show a progress bar (many images)."),
 ) -> None:
-  """Ask a trained model about one face; prints the answer, writes JSON and a mask overlay."""
+  """Ask a trained model about one face (prints the answer, writes JSON and a mask overlay),
+  or about every face of a folder or glob (writes OUT/answers.jsonl)."""
   # lazy: `--help` and the other commands load none of this
   from fifa_jax.infer import load as load_lib
   from fifa_jax.infer import predict
   from fifa_jax.infer import run as infer_run
 
+  if infer_run.is_many(image):
+    try:
+      counts = infer_run.run_many(checkpoint, image, task.lower(), out, region=region,
+                                  box=infer_run.parse_box(box), tokenizer=tokenizer,
+                                  max_new_tokens=max_new_tokens, param_dtype=param_dtype,
+                                  batch_size=batch_size, overlays=overlays, rle=rle, progress=progress)
+    except (predict.QueryError, load_lib.CheckpointError, ValueError) as e:
+      typer.echo(f"fifa infer: error: {e}", err=True)
+      raise typer.Exit(code=2)
+    typer.echo(f"{counts['answered']} answered, {counts['failed']} failed (their lines say why), "
+               f"{counts['skipped']} already in {out}/answers.jsonl")
+    return
   try:
     results = infer_run.run(checkpoint, image, task.lower(), out, region=region,
                             box=infer_run.parse_box(box), tokenizer=tokenizer,
-                            max_new_tokens=max_new_tokens, param_dtype=param_dtype)
+                            max_new_tokens=max_new_tokens, param_dtype=param_dtype, rle=rle)
   except (predict.QueryError, load_lib.CheckpointError, ValueError) as e:
     typer.echo(f"fifa infer: error: {e}", err=True)
     raise typer.Exit(code=2)

@@ -1,4 +1,6 @@
-"""`fifa infer`: one face, one task -> the answer printed, JSON and an overlay PNG.
+"""`fifa infer`: one face, one task -> the answer printed, JSON and an overlay PNG;
+a folder or a glob of faces -> OUT/answers.jsonl, one line per image and task
+(batched, with a progress bar, resumable; a bad image is a line with its error).
 
 answer.json:
   task, prompt, answer (markers kept), answer_plain (markers stripped),
@@ -6,16 +8,20 @@ answer.json:
               mask_rle: {size: [h, w], counts: [...]}}]   (Regional Artifact Masks)
   det_probs {real, fake}, cls_probs {category: p}   (the auxiliary heads)
   checkpoint, image, size
-RLE as in fifa_jax.data.records (row-major runs, background first), counts as a list.
+RLE as in fifa_jax.data.records (row-major runs, background first), counts as a list;
+or COCO's compressed RLE (`--rle coco`: column-major, counts as pycocotools' string).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from pathlib import Path
 
 import numpy as np
+from pycocotools import mask as coco_mask
+from tqdm import tqdm
 
 from fifa_jax import fict, tokens
 from fifa_jax.data.records import rle_encode
@@ -23,9 +29,16 @@ from fifa_jax.infer import load as load_lib
 from fifa_jax.infer import overlay, predict
 
 
-def rle_json(mask: np.ndarray) -> dict:
-  rle = rle_encode(mask)
-  return {"size": rle["size"], "counts": np.frombuffer(rle["counts"], "<u4").tolist()}
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+RLE_FORMATS = ("fifa", "coco")
+
+
+def rle_json(mask: np.ndarray, rle: str = "fifa") -> dict:
+  if rle == "coco":
+    enc = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(x) for x in enc["size"]], "counts": enc["counts"].decode("ascii")}
+  enc = rle_encode(mask)
+  return {"size": enc["size"], "counts": np.frombuffer(enc["counts"], "<u4").tolist()}
 
 
 def nearest_concept(phrase: str) -> str | None:
@@ -34,14 +47,15 @@ def nearest_concept(phrase: str) -> str | None:
   return near[0] if near else None
 
 
-def answer_json(query: predict.Query, pred: predict.Prediction, source: str, image: str) -> dict:
+def answer_json(query: predict.Query, pred: predict.Prediction, source: str, image: str,
+                rle: str = "fifa") -> dict:
   h, w = query.rgb.shape[:2]
   return {
       "task": query.task, "region": query.region, "box": list(query.box) if query.box else None,
       "prompt": query.question(),
       "answer": pred.text, "answer_plain": tokens.strip_markers(pred.text),
       "grounded": [{"phrase": p, "concept": nearest_concept(p), "score": s, "area": int(m.sum()),
-                    "mask_rle": rle_json(m)}
+                    "mask_rle": rle_json(m, rle)}
                    for p, m, s in zip(pred.phrases, pred.artifact_masks, pred.mask_scores)],
       "det_probs": dict(zip(tokens.DET_CLASSES, pred.det_probs)),
       "cls_probs": dict(zip(tokens.CLS_CLASSES, pred.cls_probs)),
@@ -51,12 +65,14 @@ def answer_json(query: predict.Query, pred: predict.Prediction, source: str, ima
 
 def run(checkpoint: str, image: str, task: str, out: str, region: str | None = None,
         box: tuple[float, ...] | None = None, tokenizer: str | None = None,
-        max_new_tokens: int = 128, param_dtype: str | None = None) -> list[dict]:
+        max_new_tokens: int = 128, param_dtype: str | None = None, rle: str = "fifa") -> list[dict]:
   """Validate everything cheap first (image, task, region, box), then load and ask.
 
   `task="all"` asks the 11 tasks in one batch (R- tasks about `region`, B- tasks
   about `box`, both then required) and writes OUT/<task>/; one task writes OUT/.
   """
+  if rle not in RLE_FORMATS:
+    raise ValueError(f"--rle must be one of {', '.join(RLE_FORMATS)}, got {rle!r}")
   rgb = predict.read_image(image)
   names = tokens.TASKS if task == "all" else (task,)
   queries = [predict.Query(rgb, t, region=region if tokens.task_level(t) == "region" else None,
@@ -68,7 +84,7 @@ def run(checkpoint: str, image: str, task: str, out: str, region: str | None = N
   loaded = load_lib.load(checkpoint, tokenizer, param_dtype=param_dtype)
   results = []
   for q, pred in zip(queries, predict.predict(loaded, queries, max_new_tokens=max_new_tokens)):
-    result = answer_json(q, pred, loaded.source, str(image))
+    result = answer_json(q, pred, loaded.source, str(image), rle)
     out_dir = Path(out) / q.task if task == "all" else Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".answer.json.{os.getpid()}.tmp"
@@ -80,6 +96,121 @@ def run(checkpoint: str, image: str, task: str, out: str, region: str | None = N
     overlay.save_png(out_dir / "overlay.png", picture)
     results.append(result)
   return results
+
+
+def find_images(spec: str) -> list[Path]:
+  """The images a folder holds (sorted, not recursive) or a glob matches (`**` recurses)."""
+  path = Path(spec)
+  if path.is_dir():
+    found = [p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
+  else:
+    found = [Path(p) for p in sorted(glob.glob(spec, recursive=True))
+             if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXTS]
+  if not found:
+    raise predict.QueryError(f"--image {spec!r}: no images ({', '.join(IMAGE_EXTS)}) there")
+  return found
+
+
+def is_many(spec: str) -> bool:
+  return Path(spec).is_dir() or any(c in spec for c in "*?[")
+
+
+def _done(answers: Path, wanted: set[tuple[str, str]]) -> set[tuple[str, str]]:
+  """(image, task) pairs answered by an earlier run.  The failed lines of `wanted` pairs
+  are dropped from the file (they are tried again), as is a torn last line."""
+  if not answers.exists():
+    return set()
+  kept = []
+  for line in answers.read_text().splitlines(keepends=True):
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      break  # only the last line can be torn (each line is one write)
+    if "error" not in row or (row["image"], row["task"]) not in wanted:
+      kept.append((line, row))
+  tmp = answers.with_name(answers.name + ".tmp")
+  tmp.write_text("".join(line for line, _ in kept))
+  os.replace(tmp, answers)
+  return {(row["image"], row["task"]) for _, row in kept if "error" not in row}
+
+
+def run_many(checkpoint: str, images: str, task: str, out: str, region: str | None = None,
+             box: tuple[float, ...] | None = None, tokenizer: str | None = None,
+             max_new_tokens: int = 128, param_dtype: str | None = None, batch_size: int = 8,
+             overlays: bool = False, rle: str = "fifa", progress: bool = True) -> dict[str, int]:
+  """Every image of a folder or glob x the task (or all 11) -> OUT/answers.jsonl.
+
+  Resumable: pairs already answered in OUT/answers.jsonl are skipped (failed ones are
+  tried again).  A bad image or query is written as {"image", "task", "error"} and
+  the run goes on.  Returns the counts {"answered", "failed", "skipped"}.
+  """
+  if rle not in RLE_FORMATS:
+    raise ValueError(f"--rle must be one of {', '.join(RLE_FORMATS)}, got {rle!r}")
+  if batch_size < 1:
+    raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+  names = tokens.TASKS if task == "all" else (task,)
+  for t in names:  # the task, region and box themselves, before any image is read
+    if t not in tokens.TASKS:
+      raise predict.QueryError(f"unknown task {t!r}; expected one of {', '.join(tokens.TASKS)} or all")
+  paths = find_images(images)
+  out_dir = Path(out)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  answers = out_dir / "answers.jsonl"
+  done = _done(answers, {(str(p), t) for p in paths for t in names})
+  todo = [(p, t) for p in paths for t in names if (str(p), t) not in done]
+  counts = {"answered": 0, "failed": 0, "skipped": len(paths) * len(names) - len(todo)}
+  if not todo:
+    return counts
+  loaded = load_lib.load(checkpoint, tokenizer, param_dtype=param_dtype)
+  bar = tqdm(total=len(todo), desc="infer", unit="answer", disable=not progress)
+  with answers.open("a") as sink:
+    def write(row: dict) -> None:
+      sink.write(json.dumps(row) + "\n")
+      sink.flush()
+
+    batch: list[tuple[Path, predict.Query]] = []
+
+    def flush() -> None:
+      preds = predict.predict(loaded, [q for _, q in batch], max_new_tokens=max_new_tokens)
+      for (path, q), pred in zip(batch, preds):
+        write(answer_json(q, pred, loaded.source, str(path), rle))
+        if overlays:
+          title = tokens.TASK_NAMES[q.task] + (f"  region: {q.region}" if q.region else "")
+          overlay.save_png(out_dir / "overlays" / f"{path.stem}.{q.task}.png",
+                           overlay.draw_overlay(q.rgb, pred.artifact_masks, pred.phrases, title=title,
+                                                text=tokens.strip_markers(pred.text), box=q.box))
+      counts["answered"] += len(batch)
+      bar.update(len(batch))
+      batch.clear()
+
+    images_read: dict[Path, np.ndarray | str] = {}
+    for path, t in todo:
+      if path not in images_read:
+        images_read.clear()  # one image at a time: todo is ordered by image
+        try:
+          images_read[path] = predict.read_image(path)
+        except predict.QueryError as e:
+          images_read[path] = str(e)
+      rgb = images_read[path]
+      try:
+        if isinstance(rgb, str):
+          raise predict.QueryError(rgb)
+        level = tokens.task_level(t)
+        q = predict.Query(rgb, t, region=region if level == "region" else None,
+                          box=box if level == "box" else None)
+        q.validate()
+      except predict.QueryError as e:
+        write({"image": str(path), "task": t, "error": str(e)})
+        counts["failed"] += 1
+        bar.update(1)
+        continue
+      batch.append((path, q))
+      if len(batch) == batch_size:
+        flush()
+    if batch:
+      flush()
+  bar.close()
+  return counts
 
 
 def parse_box(text: str | None) -> tuple[float, ...] | None:
