@@ -123,16 +123,18 @@ class FiFa:
                max_new_tokens: int | None = None) -> list[Answer]:
     """Answers for many queries, `batch_size` per generation.  Each query is a dict of
     `ask`'s arguments or a tuple (image, task_or_question[, region_or_box])."""
-    parsed = [_query(q) for q in queries]
-    for q, _ in parsed:
-      q.validate()  # every query before any generation
+    parsed = [parse_query(q) for q in queries]  # every query checked before any generation
     answers = []
-    n = max_new_tokens or self.max_new_tokens
     for start in range(0, len(parsed), batch_size):
-      chunk = parsed[start:start + batch_size]
-      preds = predict.predict(self.loaded, [q for q, _ in chunk], max_new_tokens=n)
-      answers += [self._answer(q, free, p) for (q, free), p in zip(chunk, preds)]
+      answers += self.answer(parsed[start:start + batch_size], max_new_tokens)
     return answers
+
+  def answer(self, parsed: Sequence[tuple[predict.Query, bool]],
+             max_new_tokens: int | None = None) -> list[Answer]:
+    """One generation for queries from `parse_query` (the server batches through this)."""
+    preds = predict.predict(self.loaded, [q for q, _ in parsed],
+                            max_new_tokens=max_new_tokens or self.max_new_tokens)
+    return [self._answer(q, free, p) for (q, free), p in zip(parsed, preds)]
 
   def _answer(self, q: predict.Query, free: bool, p: predict.Prediction) -> Answer:
     grounded = [Grounded(phrase, run_lib.nearest_concept(phrase), m, r, s)
@@ -144,9 +146,11 @@ class FiFa:
 
 
 def to_rgb(image) -> np.ndarray:
-  """RGB uint8 [H, W, 3] from a path, an array (grey, RGB, RGBA) or a PIL image."""
+  """RGB uint8 [H, W, 3] from a path, encoded bytes, an array (grey, RGB, RGBA) or a PIL image."""
   if isinstance(image, (str, os.PathLike)):
     return predict.read_image(image)
+  if isinstance(image, (bytes, bytearray, memoryview)):
+    return predict.decode_image(bytes(image))
   if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image, without importing PIL
     image = np.asarray(image.convert("RGB"))
   a = np.asarray(image)
@@ -160,8 +164,8 @@ def to_rgb(image) -> np.ndarray:
   return np.ascontiguousarray(a[..., :3])
 
 
-def _query(q: dict | tuple) -> tuple[predict.Query, bool]:
-  """(Query, is a free question) from `ask`'s arguments."""
+def parse_query(q: dict | tuple) -> tuple[predict.Query, bool]:
+  """(a validated Query, is it a free question) from `ask`'s arguments."""
   if isinstance(q, tuple):
     image, what, *rest = q
     extra = rest[0] if rest else None
@@ -181,7 +185,9 @@ def _query(q: dict | tuple) -> tuple[predict.Query, bool]:
   rgb = to_rgb(q["image"])
   box = tuple(float(v) for v in box) if box is not None else None
   if task is not None:
-    return predict.Query(rgb, task.lower(), region=q.get("region"), box=box), False
+    query = predict.Query(rgb, task.lower(), region=q.get("region"), box=box)
+    query.validate()
+    return query, False
   if not question.strip():
     raise QueryError("the question is empty")
   if q.get("region"):
@@ -192,4 +198,6 @@ def _query(q: dict | tuple) -> tuple[predict.Query, bool]:
     prompt += f" {tokens.BBOX}"  # where the box's token goes
   # The task only decides what validate() demands (a box for <bbox>, no region).
   pseudo = "b-toe" if box is not None else "i-toe"
-  return predict.Query(rgb, pseudo, box=box, prompt=prompt), True
+  query = predict.Query(rgb, pseudo, box=box, prompt=prompt)
+  query.validate()
+  return query, True

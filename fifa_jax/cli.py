@@ -386,6 +386,35 @@ def infer(
     typer.echo(f"  det head: fake {result['det_probs']['fake']:.3f}; wrote {where}/answer.json and overlay.png")
 
 
+@app.command()
+def serve(
+    checkpoint: str = typer.Option(..., help="Training workdir, WORKDIR/checkpoints/<step>, or a `fifa convert model` folder."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (127.0.0.1: this machine only)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer folder (default: the checkpoint's)."),
+    max_new_tokens: int = typer.Option(128, help="Answer length limit."),
+    param_dtype: Optional[str] = typer.Option(None, help="Weights' dtype: float32, bfloat16 or float16 (default: the compute dtype)."),
+    max_batch: int = typer.Option(8, help="Questions answered together in one generation."),
+    max_waiting: int = typer.Option(64, help="Questions queued before the server answers 503."),
+    max_body_mb: float = typer.Option(16.0, help="Largest request body, MiB."),
+    max_side: int = typer.Option(4096, help="Largest image side, pixels."),
+) -> None:
+  """An HTTP JSON API: POST /ask (image + task or question), GET /health, GET /info."""
+  # lazy: `--help` and the other commands load none of this
+  from fifa_jax import api, serve as serve_lib
+  from fifa_jax.infer import load as load_lib
+
+  try:
+    model = api.FiFa.load(checkpoint, tokenizer=tokenizer, dtype=param_dtype, max_new_tokens=max_new_tokens)
+  except (load_lib.CheckpointError, ValueError) as e:
+    typer.echo(f"fifa serve: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  limits = serve_lib.Limits(max_body_bytes=int(max_body_mb * 2**20), max_side=max_side,
+                            max_batch=max_batch, max_waiting=max_waiting)
+  typer.echo(f"fifa serve: {model.loaded.source} on http://{host}:{port} (POST /ask, GET /health, GET /info)")
+  serve_lib.serve(model, host, port, limits)
+
+
 # `fifa convert farl|llama|sam|model|peft` live in fifa_jax/convert/cli.py.
 from fifa_jax.convert.cli import register as _register_convert  # noqa: E402
 

@@ -19,7 +19,7 @@ def run(*args, env=None):
 def test_help_lists_every_subcommand():
   r = run("--help")
   assert r.returncode == 0
-  for cmd in ("prep", "data", "train", "eval", "infer", "convert", "fict", "params"):
+  for cmd in ("prep", "data", "train", "eval", "infer", "serve", "convert", "fict", "params"):
     assert cmd in r.stdout
   r = run("convert", "--help")
   for cmd in ("farl", "llama", "sam", "model", "peft"):
@@ -44,6 +44,8 @@ def test_infer_and_eval_reject_bad_input_before_loading_anything(tmp_path):
           "--param-dtype", "int8")
   assert r.returncode == 2 and "--param-dtype must be one of float32, bfloat16, float16, got 'int8'" in r.stderr
   assert "Traceback" not in r.stderr
+  r = run("serve", "--checkpoint", str(tmp_path / "none"))
+  assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_fict_dump_via_fifa():

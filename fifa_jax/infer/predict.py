@@ -81,10 +81,23 @@ def read_image(path) -> np.ndarray:
   """RGB uint8 from a file; a clear error when it cannot be read."""
   if path is None or not Path(path).is_file():
     raise QueryError(f"image {str(path)!r} does not exist")
-  data = np.fromfile(str(path), np.uint8)
-  img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+  return decode_image(np.fromfile(str(path), np.uint8).tobytes(), f"image {str(path)!r}")
+
+
+def decode_image(data: bytes, name: str = "the image") -> np.ndarray:
+  """RGB uint8 from encoded bytes (any format OpenCV reads; 16-bit, grey and alpha become
+  8-bit RGB, EXIF orientation applied); a clear error when they are not an image."""
+  img = None
+  if data:
+    log = cv2.utils.logging
+    level = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)  # our message below says it; OpenCV's would repeat it
+    try:
+      img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    finally:
+      log.setLogLevel(level)
   if img is None:
-    raise QueryError(f"image {str(path)!r} could not be read as an image")
+    raise QueryError(f"{name} could not be read as an image")
   return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

@@ -1,0 +1,168 @@
+"""`fifa serve`: FiFa over HTTP (FastAPI + uvicorn).
+
+  POST /ask     JSON {"image": base64, "task" | "question", "region", "box"} or a
+                multipart form (an `image` file and the same fields; `box` as
+                "x1,y1,x2,y2") -> the answer in `fifa infer`'s answer.json schema
+  GET  /health  {"status": "ok"}
+  GET  /info    the checkpoint, tasks, limits
+
+Concurrent requests are answered together: a single worker thread owns the model and
+takes up to `max_batch` waiting queries per generation (padded to a power of two, so
+that a handful of batch shapes compile).  Bad input is a 4xx with one line saying what
+is wrong: 400 (not JSON, not an image, a bad query), 413 (body or image too large),
+503 (too many requests waiting).  Binds 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import concurrent.futures as cf
+import dataclasses
+import json
+import queue
+import threading
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from fifa_jax import tokens
+from fifa_jax.api import FiFa, QueryError, parse_query
+
+
+@dataclasses.dataclass
+class Limits:
+  max_body_bytes: int = 16 * 2**20
+  max_side: int = 4096  # pixels, either side of the decoded image
+  max_batch: int = 8  # queries per generation
+  max_waiting: int = 64  # queries queued before 503
+  batch_wait_s: float = 0.01  # how long the worker waits to fill a batch
+
+
+class _Batcher:
+  """One thread owns the model; requests queue (Query, Future) pairs."""
+
+  def __init__(self, model: FiFa, limits: Limits):
+    self.model, self.limits = model, limits
+    self.queue: queue.Queue = queue.Queue(maxsize=limits.max_waiting)
+    self.thread = threading.Thread(target=self._loop, name="fifa-serve-batcher", daemon=True)
+    self.thread.start()
+
+  def submit(self, parsed) -> cf.Future:
+    fut: cf.Future = cf.Future()
+    self.queue.put_nowait((parsed, fut))  # queue.Full -> 503
+    return fut
+
+  def _loop(self) -> None:
+    while True:
+      items = [self.queue.get()]
+      try:
+        while len(items) < self.limits.max_batch:
+          items.append(self.queue.get(timeout=self.limits.batch_wait_s))
+      except queue.Empty:
+        pass
+      parsed = [p for p, _ in items]
+      # Pad to a power of two with copies of the last query: few shapes to compile.
+      size = 1 << (len(parsed) - 1).bit_length()
+      try:
+        answers = self.model.answer(parsed + [parsed[-1]] * (size - len(parsed)))
+      except Exception as e:  # noqa: BLE001 - every waiting request hears of it
+        for _, fut in items:
+          fut.set_exception(e)
+        continue
+      for (_, fut), answer in zip(items, answers):
+        fut.set_result(answer)
+
+
+def create_app(model: FiFa, limits: Limits = Limits()) -> FastAPI:
+  app = FastAPI(title="FiFa", description="Fine-grained explainable deepfake analysis (FiFa-MLLM)")
+  batcher = _Batcher(model, limits)
+
+  def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+  @app.get("/health")
+  def health() -> dict:
+    return {"status": "ok"}
+
+  @app.get("/info")
+  def info() -> dict:
+    cfg = model.config
+    return {"checkpoint": model.loaded.source, "tasks": list(tokens.TASKS),
+            "image_size": cfg.image_size, "max_new_tokens": model.max_new_tokens,
+            "limits": dataclasses.asdict(limits)}
+
+  @app.post("/ask")
+  async def ask(request: Request):
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+      return error(413, f"request body of {int(length)} bytes exceeds the limit of "
+                        f"{limits.max_body_bytes}")
+    body = await request.body()
+    if len(body) > limits.max_body_bytes:
+      return error(413, f"request body of {len(body)} bytes exceeds the limit of {limits.max_body_bytes}")
+    try:
+      fields, name = await _fields(request, body)
+      parsed = parse_query(fields)
+    except QueryError as e:
+      return error(400, str(e))
+    h, w = parsed[0].rgb.shape[:2]
+    if max(h, w) > limits.max_side:
+      return error(413, f"image of {w}x{h} pixels exceeds the limit of {limits.max_side} a side")
+    try:
+      fut = batcher.submit(parsed)
+    except queue.Full:
+      return error(503, f"{limits.max_waiting} questions are already waiting; try again shortly")
+    answer = await asyncio.wrap_future(fut)
+    return answer.to_json(name)
+
+  return app
+
+
+async def _fields(request: Request, body: bytes) -> tuple[dict, str]:
+  """(the query's fields, the image's file name) from a JSON or multipart body, the
+  image as its encoded bytes."""
+  kind = request.headers.get("content-type", "")
+  if kind.startswith("multipart/form-data"):
+    form = await request.form()
+    upload = form.get("image")
+    if upload is None or isinstance(upload, str):
+      raise QueryError("multipart body: the `image` field must be a file")
+    fields = {k: v for k, v in form.items() if k != "image"}
+    fields["image"] = await upload.read()
+    fields["name"] = upload.filename or ""
+    if "box" in fields:
+      try:
+        fields["box"] = [float(v) for v in str(fields["box"]).split(",")]
+      except ValueError:
+        raise QueryError(f"box {fields['box']!r} must be four numbers x1,y1,x2,y2") from None
+  else:
+    try:
+      fields = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+      raise QueryError("the request body is not JSON (send JSON with a base64 `image`, "
+                       "or a multipart form)") from None
+    if not isinstance(fields, dict):
+      raise QueryError("the request body must be a JSON object")
+    if not isinstance(fields.get("image"), str):
+      raise QueryError("`image` must be a base64 string of an encoded image")
+    try:
+      fields["image"] = base64.b64decode(fields["image"], validate=True)
+    except (binascii.Error, ValueError):
+      raise QueryError("`image` is not valid base64") from None
+  name = fields.pop("name", "")
+  box = fields.get("box")
+  if box is not None and (not isinstance(box, (list, tuple)) or len(box) != 4
+                          or not all(isinstance(v, (int, float)) for v in box)):
+    raise QueryError("box must be four numbers x1,y1,x2,y2")
+  unknown = set(fields) - {"image", "task", "question", "region", "box"}
+  if unknown:
+    raise QueryError(f"unknown fields {sorted(unknown)}; expected image, task or question, region, box")
+  return fields, name
+
+
+def serve(model: FiFa, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits()) -> None:
+  import uvicorn  # lazy: only the serving command needs the server
+
+  uvicorn.run(create_app(model, limits), host=host, port=port, log_level="info")
