@@ -136,6 +136,10 @@ class FiFa:
                             max_new_tokens=max_new_tokens or self.max_new_tokens)
     return [self._answer(q, free, p) for (q, free), p in zip(parsed, preds)]
 
+  def chat(self, image) -> Chat:
+    """Questions in turn about one image; each answer sees the turns before it."""
+    return Chat(self, image)
+
   def _answer(self, q: predict.Query, free: bool, p: predict.Prediction) -> Answer:
     grounded = [Grounded(phrase, run_lib.nearest_concept(phrase), m, r, s)
                 for phrase, m, r, s in zip(p.phrases, p.artifact_masks, p.region_masks, p.mask_scores)]
@@ -143,6 +147,26 @@ class FiFa:
                   grounded=grounded, det_probs=dict(zip(tokens.DET_CLASSES, p.det_probs)),
                   cls_probs=dict(zip(tokens.CLS_CLASSES, p.cls_probs)), region=q.region,
                   box=tuple(q.box) if q.box is not None else None, source=self.loaded.source)
+
+
+class Chat:
+  """A conversation about one image (the Vicuna v1.1 multi-turn template; the image
+  goes with the first turn).  `ask` takes what `FiFa.ask` takes, less the image."""
+
+  def __init__(self, model: FiFa, image):
+    self.model, self.rgb = model, to_rgb(image)
+    self.history: list[tuple[str, str]] = []  # (question, answer) as the model saw them
+
+  def ask(self, question: str | None = None, *, task: str | None = None, region: str | None = None,
+          box: Sequence[float] | None = None, max_new_tokens: int | None = None) -> Answer:
+    q, free = parse_query(dict(image=self.rgb, question=question, task=task, region=region, box=box))
+    text = q.question()
+    if self.history:
+      text = text.replace(f"{tokens.IMAGE}\n", "", 1)
+    q = dataclasses.replace(q, prompt=text, history=tuple(self.history))
+    answer = self.model.answer([(q, free)], max_new_tokens)[0]
+    self.history.append((text, answer.text))
+    return answer
 
 
 def to_rgb(image) -> np.ndarray:

@@ -387,6 +387,71 @@ def infer(
 
 
 @app.command()
+def chat(
+    checkpoint: str = typer.Option(..., help="Training workdir, WORKDIR/checkpoints/<step>, or a `fifa convert model` folder."),
+    image: str = typer.Option(..., help="The face to talk about."),
+    out: str = typer.Option("fifa_chat", help="Folder for each turn's overlay (turn-N.png)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer folder (default: the checkpoint's)."),
+    max_new_tokens: int = typer.Option(128, help="Answer length limit."),
+    param_dtype: Optional[str] = typer.Option(None, help="Weights' dtype: float32, bfloat16 or float16 (default: the compute dtype)."),
+) -> None:
+  """Questions in turn about one image. Type a question, or a task: `det`, `i-age`,
+  `r-loc nose`, `b-toe 10,20,90,110`; `quit` (or an empty line at the end of input) ends."""
+  # lazy: `--help` and the other commands load none of this
+  from fifa_jax import api, tokens
+  from fifa_jax.infer import load as load_lib
+  from fifa_jax.infer import run as infer_run
+
+  try:
+    rgb = api.to_rgb(image)  # the image first: a bad one fails before the model loads
+    model = api.FiFa.load(checkpoint, tokenizer=tokenizer, dtype=param_dtype, max_new_tokens=max_new_tokens)
+  except (api.QueryError, load_lib.CheckpointError, ValueError) as e:
+    typer.echo(f"fifa chat: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  conversation = model.chat(rgb)
+  interactive = sys.stdin.isatty()
+  typer.echo(f"fifa chat: {model.loaded.source}; ask about {image} (a question, or a task such as "
+             "`i-loc`, `r-age nose`, `b-toe x1,y1,x2,y2`; `quit` ends)")
+  turn = 0
+  while True:
+    try:
+      line = input("you> " if interactive else "")
+    except EOFError:
+      break
+    line = line.strip()
+    if line.lower() in ("quit", "exit", ":q"):
+      break
+    if not line:
+      continue
+    word, _, rest = line.partition(" ")
+    kwargs: dict = {"question": line}
+    if word.lower() in tokens.TASKS:
+      level = tokens.task_level(word.lower())
+      kwargs = {"task": word.lower()}
+      try:
+        if level == "region":
+          kwargs["region"] = rest.strip() or None
+        elif level == "box":
+          kwargs["box"] = infer_run.parse_box(rest.strip() or None)
+      except api.QueryError as e:
+        typer.echo(f"  {e}")
+        continue
+    try:
+      answer = conversation.ask(**kwargs)
+    except api.QueryError as e:  # a bad turn is said and skipped; the chat goes on
+      typer.echo(f"  {e}")
+      continue
+    turn += 1
+    typer.echo(f"fifa> {answer.plain_text}")
+    typer.echo(f"      (det head: fake {answer.det_probs['fake']:.2f})")
+    if answer.grounded:
+      path = answer.save_overlay(Path(out) / f"turn-{turn}.png")
+      for g in answer.grounded:
+        typer.echo(f"      [SEG] {g.phrase!r} -> {g.concept}: {int(g.mask.sum())} px")
+      typer.echo(f"      overlay: {path}")
+
+
+@app.command()
 def serve(
     checkpoint: str = typer.Option(..., help="Training workdir, WORKDIR/checkpoints/<step>, or a `fifa convert model` folder."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (127.0.0.1: this machine only)."),

@@ -231,9 +231,13 @@ class Conversation:
   sep: str = " "
   sep2: str = "</s>"
 
-  def prompt(self, question: str) -> str:
-    """Everything before the answer; generation continues from here."""
-    return f"{self.system}{self.sep}{self.roles[0]}: {question}{self.sep}{self.roles[1]}:"
+  def prompt(self, question: str, history: Sequence[tuple[str, str]] = ()) -> str:
+    """Everything before the answer; generation continues from here.  `history` holds
+    the earlier (question, answer) turns of a chat (FastChat's vicuna_v1.1 form:
+    each answer ends with sep2)."""
+    user, bot = self.roles
+    turns = "".join(f"{user}: {q}{self.sep}{bot}: {a}{self.sep2}" for q, a in history)
+    return f"{self.system}{self.sep}{turns}{user}: {question}{self.sep}{bot}:"
 
   def split(self, question: str, answer: str) -> tuple[str, str]:
     """(prompt, target): the loss is taken on the target only."""

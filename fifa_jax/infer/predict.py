@@ -37,6 +37,7 @@ class Query:
   box: Sequence[float] | None = None  # (x1, y1, x2, y2) image pixels, for B- tasks
   variant: int = 0  # which paraphrase of the task's prompt
   prompt: str | None = None  # a question as written (evaluation uses the record's own)
+  history: tuple[tuple[str, str], ...] = ()  # earlier (question, answer) turns of a chat
 
   def question(self) -> str:
     return self.prompt or tokens.render_prompt(self.task, region=self.region, variant=self.variant)
@@ -108,7 +109,7 @@ def encode(loaded: Loaded, queries: Sequence[Query]) -> dict[str, np.ndarray]:
   pixels = np.zeros((len(queries), cfg.image_size, cfg.image_size, 3), np.float32)
   for i, q in enumerate(queries):
     q.validate()
-    ids = tok(tokens.VICUNA_V1_1.prompt(q.question())).input_ids
+    ids = tok(tokens.VICUNA_V1_1.prompt(q.question(), q.history)).input_ids
     ids_list.append(tokens.expand_image_tokens(ids, cfg.image_token_id, cfg.num_image_tokens))
     h, w = q.rgb.shape[:2]
     pixels[i] = normalise(resize_image(q.rgb, cfg.image_size))
