@@ -187,45 +187,64 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
   acc = metrics_lib.Accumulator()
   status = EXIT_OK
   step = start
+
+  def book(done: int, m: dict) -> int:
+    """Metrics, logging and the non-finite check of step `done`; called one step late,
+    once the next step is dispatched, so that reading them never stalls the device
+    (maxtext's metric logger does the same)."""
+    acc.add(m)
+    if bar is not None:
+      bar.update(1)
+    if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+      values = {**acc.summary(), **acc.throughput(train_step.flops, peak)}
+      writer.write(done, values)
+      if bar is not None:
+        bar.set_postfix(loss=f"{values.get('train/loss', float('nan')):.4f}")
+      acc.reset()
+    nonfinite = int(jax.device_get(m["nonfinite"]))
+    if nonfinite:
+      log(f"step {done}: non-finite loss or gradient; update skipped ({nonfinite} in a row)")
+    if nonfinite >= cfg.train.max_nonfinite:
+      log(f"stopping: {nonfinite} consecutive non-finite steps (train.max_nonfinite); the last "
+          f"checkpoint ({ckpt.latest_step()}) holds the last good state")
+      return EXIT_NONFINITE
+    return EXIT_OK
+
+  pending = None  # (step, metrics) of the last dispatched step
   try:
     with jax.set_mesh(mesh):
       while step < cfg.train.steps:
         batch = agree_length(next(it), pad_id)
         data_state = it.get_state()
         state, m = train_step(state, step_lib.to_global(mesh, batch))
-        acc.add(m)
         step += 1
-        if bar is not None:
-          bar.update(1)
-        last = step == cfg.train.steps
-        if step % cfg.train.log_every == 0 or last:
-          values = {**acc.summary(), **acc.throughput(train_step.flops, peak)}
-          writer.write(step, values)
-          if bar is not None:
-            bar.set_postfix(loss=f"{values.get('train/loss', float('nan')):.4f}")
-          acc.reset()
+        if pending is not None:
+          status = book(*pending)
+          if status != EXIT_OK:
+            pending = None
+            break
+        pending = (step, m)
         if eval_step is not None and step % cfg.train.eval_every == 0:
+          status, pending = book(*pending), None
+          if status != EXIT_OK:
+            break
           dev = evaluate(cfg, setup, layout, eval_step, state, pad_id)
           writer.write(step, dev)
           meta["last_eval"] = {"step": step, **dev}
           acc.t0 = time.perf_counter()  # throughput excludes the evaluation
-        nonfinite = int(jax.device_get(state["nonfinite"]))
-        if nonfinite:
-          log(f"step {step}: non-finite loss or gradient; update skipped ({nonfinite} in a row)")
-        if nonfinite >= cfg.train.max_nonfinite:
-          log(f"stopping: {nonfinite} consecutive non-finite steps (train.max_nonfinite); the last "
-              f"checkpoint ({ckpt.latest_step()}) holds the last good state")
-          status = EXIT_NONFINITE
-          break
         if stop["sigterm"]:
+          if pending is not None:
+            status, pending = book(*pending), None
           ckpt.save(step, state, data_state, {**meta, "step": step, "time": time.time()}, force=True)
           ckpt.wait()
           log(f"SIGTERM: saved step {step} to {ckpt.directory}; exiting for a later resume")
           status = EXIT_PREEMPTED
           break
-        if step % cfg.checkpoint.every == 0 or last:
+        if step % cfg.checkpoint.every == 0 or step == cfg.train.steps:
           ckpt.save(step, state, data_state, {**meta, "step": step, "time": time.time(),
                                               "name": cfg.name})
+      if pending is not None:  # the last step's bookkeeping
+        status = book(*pending)
   finally:
     signal.signal(signal.SIGTERM, previous)
     if bar is not None:

@@ -93,7 +93,7 @@ class Accumulator:
       if k == "per_task":
         for name, arr in v.items():
           self.per_task[name] = self.per_task.get(name, 0) + np.asarray(arr, np.float64)
-      elif k != "finite":
+      elif k not in ("finite", "nonfinite"):  # flags, not quantities to average
         self.scalars[k] = self.scalars.get(k, 0.0) + float(v)
 
   def summary(self, prefix: str = "train") -> dict[str, float]:

@@ -103,7 +103,10 @@ def make_train_step(setup: state_lib.Setup, weights: LossWeights, grad_accum: in
         "params": keep(new_params, params), "frozen": frozen, "rest": rest,
         "opt_state": keep(new_opt, state["opt_state"]),
     }
-    metrics = {**parts, "grad_norm": gnorm, "finite": ok, "per_task": sums}
+    # The count again in the metrics: the loop reads them a step late, when the state
+    # holding it has been donated to the next step.
+    metrics = {**parts, "grad_norm": gnorm, "finite": ok, "nonfinite": new_state["nonfinite"],
+               "per_task": sums}
     if schedule is not None:
       metrics["lr"] = schedule(state["step"])
     return new_state, metrics
