@@ -387,6 +387,61 @@ def infer(
 
 
 @app.command()
+def plan(
+    config: str = typer.Option(..., help="Recipe YAML (configs/...)."),
+    overrides: list[str] = typer.Option([], "--set", help="key.path=value (YAML), repeatable."),
+    devices: Optional[int] = typer.Option(None, help="Devices to plan for (default: the recipe's mesh, data=1 when -1)."),
+    chip: Optional[str] = typer.Option(None, help="h800, h100, h200, v5e or v5p (default: from the recipe's name, else h100)."),
+    memory_gib: Optional[float] = typer.Option(None, help="Memory per device to plan within (default: the chip's), e.g. to keep headroom."),
+) -> None:
+  """Compile the recipe's train step ahead of time on fake CPU devices (nothing allocated) and
+  print per device: memory, model FLOPs, collectives and a roofline bound; exit 1 if it does not fit."""
+  from fifa_jax import config as config_lib
+
+  try:
+    cfg = config_lib.load(config, overrides, validate=False)  # the mesh, before jax starts
+  except config_lib.ConfigError as e:
+    typer.echo(f"fifa plan: config error: {e}", err=True)
+    raise typer.Exit(code=2)
+  known = [s for s in (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) if s != -1]
+  n = devices or int(__import__("math").prod(known))
+  name = (chip or next((c for c in ("v5e", "v5p", "h800", "h200") if c in cfg.name), "h100")).lower()
+  if "jax" not in sys.modules:  # the fake devices must be set before jax starts
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+  # lazy: `--help` and the other commands load none of this
+  import dataclasses
+
+  import jax
+  from fifa_jax.train import plan as plan_lib
+
+  if name not in plan_lib.CHIPS:
+    typer.echo(f"fifa plan: unknown --chip {name!r}; choose from {', '.join(plan_lib.CHIPS)}", err=True)
+    raise typer.Exit(code=2)
+  if jax.device_count() != n:
+    typer.echo(f"fifa plan: error: jax already started with {jax.device_count()} devices, not {n}", err=True)
+    raise typer.Exit(code=2)
+  try:
+    cfg.validate()
+    target = plan_lib.CHIPS[name]
+    if memory_gib is not None:
+      target = dataclasses.replace(target, memory_gib=memory_gib)
+    result = plan_lib.plan(cfg, target)
+  except config_lib.ConfigError as e:
+    typer.echo(f"fifa plan: config error: {e}", err=True)
+    raise typer.Exit(code=2)
+  except plan_lib.PlanError as e:
+    typer.echo(f"fifa plan: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  typer.echo(plan_lib.format_plan(result))
+  if not result["fits"]:
+    typer.echo(f"fifa plan: {cfg.name} needs {result['total_gib']:.1f} GiB per device, more than a "
+               f"{result['chip']}'s {result['chip_gib']:.1f} GiB: raise mesh.fsdp, set model.remat=true "
+               "or train.grad_accum, or lower train.batch_size", err=True)
+    raise typer.Exit(code=1)
+
+
+@app.command()
 def chat(
     checkpoint: str = typer.Option(..., help="Training workdir, WORKDIR/checkpoints/<step>, or a `fifa convert model` folder."),
     image: str = typer.Option(..., help="The face to talk about."),

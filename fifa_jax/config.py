@@ -299,14 +299,17 @@ def parse_override(text: str) -> dict:
   return out
 
 
-def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+         validate: bool = True) -> Config:
+  """The run config of `path` with `overrides`; `validate=False` skips the checks that
+  need the models (and so jax): keys and types are checked either way."""
   cfg = Config()
   layers = _read_yaml(Path(path)) if path is not None else []
   for layer in layers:
     _apply(cfg, layer)
   for o in overrides:
     _apply(cfg, parse_override(o))
-  return cfg.validate()
+  return cfg.validate() if validate else cfg
 
 
 def to_dict(cfg: Config) -> dict:
