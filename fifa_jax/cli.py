@@ -396,7 +396,9 @@ def plan(
 ) -> None:
   """Compile the recipe's train step ahead of time on fake CPU devices (nothing allocated) and
   print per device: memory, model FLOPs, collectives and a roofline bound; exit 1 if it does not fit."""
-  from fifa_jax import config as config_lib
+  import dataclasses  # lazy, as the rest: `--help` loads none of this
+
+  from fifa_jax import config as config_lib  # jax-free: the device count is set below, first
 
   try:
     cfg = config_lib.load(config, overrides, validate=False)  # the mesh, before jax starts
@@ -409,9 +411,7 @@ def plan(
   if "jax" not in sys.modules:  # the fake devices must be set before jax starts
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
     os.environ["JAX_PLATFORMS"] = "cpu"
-  # lazy: `--help` and the other commands load none of this
-  import dataclasses
-
+  # lazy: jax starts here, after XLA_FLAGS is set
   import jax
   from fifa_jax.train import plan as plan_lib
 
