@@ -183,8 +183,6 @@ def to_rgb(image) -> np.ndarray:
   if a.ndim != 3 or a.shape[-1] not in (3, 4) or a.dtype != np.uint8:
     raise QueryError(f"image array of shape {a.shape} and dtype {a.dtype}: expected uint8 "
                      "[H, W] grey, [H, W, 3] RGB or [H, W, 4] RGBA")
-  if min(a.shape[:2]) < 2:
-    raise QueryError(f"image of {a.shape[1]}x{a.shape[0]} pixels is too small to ask about")
   return np.ascontiguousarray(a[..., :3])
 
 

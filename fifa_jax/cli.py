@@ -296,10 +296,18 @@ def train(
   if print_config:
     typer.echo(config_lib.dump(cfg))
     raise typer.Exit(code=0)
+  if "://" not in workdir and Path(workdir).exists() and not Path(workdir).is_dir():
+    typer.echo(f"fifa train: error: --workdir {workdir!r} is a file, not a folder", err=True)
+    raise typer.Exit(code=2)
   # lazy: `--help` and the other commands load none of this
   from fifa_jax.train import loop
 
-  raise typer.Exit(code=loop.train(cfg, workdir))
+  try:
+    status = loop.train(cfg, workdir)
+  except (FileNotFoundError, NotADirectoryError) as e:  # a missing shard, tokenizer file, ...
+    typer.echo(f"fifa train: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  raise typer.Exit(code=status)
 
 
 @app.command("eval")
@@ -326,7 +334,7 @@ def evaluate(
     result = bench.evaluate(loaded, data, split, out, layout=layout,
                             tasks=tasks.split(",") if tasks else None, max_per_task=max_per_task,
                             batch_size=batch_size, max_new_tokens=max_new_tokens)
-  except (load_lib.CheckpointError, FileNotFoundError, ValueError, RuntimeError) as e:
+  except (load_lib.CheckpointError, FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as e:
     typer.echo(f"fifa eval: error: {e}", err=True)
     raise typer.Exit(code=2)
   if result:
@@ -365,7 +373,7 @@ def infer(
                                   box=infer_run.parse_box(box), tokenizer=tokenizer,
                                   max_new_tokens=max_new_tokens, param_dtype=param_dtype,
                                   batch_size=batch_size, overlays=overlays, rle=rle, progress=progress)
-    except (predict.QueryError, load_lib.CheckpointError, ValueError) as e:
+    except (predict.QueryError, load_lib.CheckpointError, ValueError, FileNotFoundError) as e:
       typer.echo(f"fifa infer: error: {e}", err=True)
       raise typer.Exit(code=2)
     typer.echo(f"{counts['answered']} answered, {counts['failed']} failed (their lines say why), "
@@ -375,7 +383,7 @@ def infer(
     results = infer_run.run(checkpoint, image, task.lower(), out, region=region,
                             box=infer_run.parse_box(box), tokenizer=tokenizer,
                             max_new_tokens=max_new_tokens, param_dtype=param_dtype, rle=rle)
-  except (predict.QueryError, load_lib.CheckpointError, ValueError) as e:
+  except (predict.QueryError, load_lib.CheckpointError, ValueError, FileNotFoundError) as e:
     typer.echo(f"fifa infer: error: {e}", err=True)
     raise typer.Exit(code=2)
   for result in results:
@@ -460,7 +468,7 @@ def chat(
   try:
     rgb = api.to_rgb(image)  # the image first: a bad one fails before the model loads
     model = api.FiFa.load(checkpoint, tokenizer=tokenizer, dtype=param_dtype, max_new_tokens=max_new_tokens)
-  except (api.QueryError, load_lib.CheckpointError, ValueError) as e:
+  except (api.QueryError, load_lib.CheckpointError, ValueError, FileNotFoundError) as e:
     typer.echo(f"fifa chat: error: {e}", err=True)
     raise typer.Exit(code=2)
   conversation = model.chat(rgb)
@@ -526,7 +534,7 @@ def serve(
 
   try:
     model = api.FiFa.load(checkpoint, tokenizer=tokenizer, dtype=param_dtype, max_new_tokens=max_new_tokens)
-  except (load_lib.CheckpointError, ValueError) as e:
+  except (load_lib.CheckpointError, ValueError, FileNotFoundError) as e:
     typer.echo(f"fifa serve: error: {e}", err=True)
     raise typer.Exit(code=2)
   limits = serve_lib.Limits(max_body_bytes=int(max_body_mb * 2**20), max_side=max_side,

@@ -188,6 +188,9 @@ class Config:
     if self.distributed.initialize not in ("auto", "true", "false"):
       raise ConfigError(f"distributed.initialize: {self.distributed.initialize!r} is not one of "
                         "auto/true/false")
+    if m.tokenizer is not None and "://" not in m.tokenizer and not Path(m.tokenizer).is_dir():
+      raise ConfigError(f"model.tokenizer: folder {m.tokenizer!r} does not exist (give a LLaMA/Vicuna "
+                        "tokenizer folder, or leave it unset for the offline demo tokenizer)")
     if m.init_from is not None and "://" not in m.init_from:
       # Lazy (as the model imports below): orbax and jax are slow to import, and
       # `fifa --help` and config checks do without them.

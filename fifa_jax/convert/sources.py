@@ -111,9 +111,27 @@ class Source:
 
 
 def _safetensors_header(path: Path) -> tuple[dict, int]:
+  """The header and where the data start; a ConversionError naming the file when it is
+  not a whole safetensors file (too short, a bad header, data cut off)."""
+  size = path.stat().st_size
   with open(path, "rb") as f:
-    (n,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(n))
+    first = f.read(8)
+    if len(first) < 8:
+      raise ConversionError(f"{path}: not a safetensors file ({size} bytes, no header)")
+    (n,) = struct.unpack("<Q", first)
+    if n > size - 8:
+      raise ConversionError(f"{path}: not a safetensors file, or cut off (its header claims "
+                            f"{n} bytes, the file has {size})")
+    try:
+      header = json.loads(f.read(n))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ConversionError(f"{path}: not a safetensors file (bad header: {e})") from None
+  if not isinstance(header, dict):
+    raise ConversionError(f"{path}: not a safetensors file (the header is not a mapping)")
+  end = max((m["data_offsets"][1] for k, m in header.items()
+             if k != "__metadata__" and isinstance(m, dict) and "data_offsets" in m), default=0)
+  if 8 + n + end > size:
+    raise ConversionError(f"{path}: cut off: its header promises {8 + n + end} bytes, the file has {size}")
   return header, 8 + n
 
 
@@ -195,11 +213,12 @@ def _torch_load(path: Path, subkey: str | None, allow_pickle: bool) -> Mapping[s
 
   kw = dict(map_location="cpu", weights_only=not allow_pickle)
   try:
-    obj = torch.load(path, mmap=True, **kw)
-  except RuntimeError as e:
-    if "mmap" not in str(e) and "zip" not in str(e):
-      raise _pickle_error(path, e) from e
-    obj = torch.load(path, **kw)  # legacy (non-zip) format cannot be mapped
+    try:
+      obj = torch.load(path, mmap=True, **kw)
+    except RuntimeError as e:
+      if "mmap" not in str(e) and "zip" not in str(e):
+        raise
+      obj = torch.load(path, **kw)  # legacy (non-zip) format cannot be mapped
   except Exception as e:  # noqa: BLE001  (torch raises UnpicklingError and friends)
     raise _pickle_error(path, e) from e
   if subkey is not None and isinstance(obj, Mapping) and subkey in obj:

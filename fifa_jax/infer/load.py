@@ -80,8 +80,9 @@ def _load(path: Path, tokenizer: str | None) -> Loaded:
 
 
 def _load_run(run: Path, step: int | None, tokenizer: str | None) -> Loaded:
-  cfg = config_lib.load(run / "config.yaml")
-  tok = tokens.load_tokenizer(tokenizer or cfg.model.tokenizer)
+  # A tokenizer given here replaces the run's (whose folder may be on another machine).
+  cfg = config_lib.load(run / "config.yaml", [f"model.tokenizer={tokenizer}"] if tokenizer else [])
+  tok = tokens.load_tokenizer(cfg.model.tokenizer)
   fcfg = config_lib.model_config(cfg, tok)
   ckpts = run / "checkpoints"
   if step is None:

@@ -29,6 +29,9 @@ class QueryError(ValueError):
   """A query the model cannot be asked; the message names the bad input."""
 
 
+MIN_SIDE = 16  # pixels: a face smaller than this carries nothing to ask about
+
+
 @dataclasses.dataclass
 class Query:
   rgb: np.ndarray  # [H, W, 3] uint8
@@ -43,6 +46,9 @@ class Query:
     return self.prompt or tokens.render_prompt(self.task, region=self.region, variant=self.variant)
 
   def validate(self) -> None:
+    h, w = self.rgb.shape[:2]
+    if min(h, w) < MIN_SIDE:
+      raise QueryError(f"image of {w}x{h} pixels is too small to ask about (at least {MIN_SIDE} a side)")
     if self.task not in tokens.TASKS:
       raise QueryError(f"unknown task {self.task!r}; expected one of {', '.join(tokens.TASKS)}")
     level = tokens.task_level(self.task)
