@@ -69,12 +69,8 @@ class Answer:
 
   def overlay(self) -> np.ndarray:
     """The image with each grounded phrase's mask in its own colour, and a legend."""
-    title = tokens.TASK_NAMES[self.task] if self.task else "question"
-    if self.region:
-      title += f"  region: {self.region}"
-    return overlay.draw_overlay(self.image, [g.mask for g in self.grounded],
-                                [g.phrase for g in self.grounded], title=title,
-                                text=self.plain_text, box=self.box)
+    return run_lib.picture(self.image, self.task, self.region, [g.mask for g in self.grounded],
+                           [g.phrase for g in self.grounded], self.text, self.box)
 
   def save_overlay(self, path: str | os.PathLike) -> Path:
     overlay.save_png(path, self.overlay())

@@ -8,6 +8,7 @@ environment (.venv-prep) as a subprocess.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -414,7 +415,7 @@ def plan(
     typer.echo(f"fifa plan: config error: {e}", err=True)
     raise typer.Exit(code=2)
   known = [s for s in (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) if s != -1]
-  n = devices or int(__import__("math").prod(known))
+  n = devices or math.prod(known)
   name = (chip or next((c for c in ("v5e", "v5p", "h800", "h200") if c in cfg.name), "h100")).lower()
   if "jax" not in sys.modules:  # the fake devices must be set before jax starts
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"

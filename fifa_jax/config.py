@@ -198,19 +198,19 @@ class Config:
       if not is_model_folder(m.init_from):
         raise ConfigError(f"model.init_from: {m.init_from!r} is not a fifa-jax model folder (no "
                           f"{MARKER}); write one with `fifa convert model ... -o DIR`")
-    model_config(self, tokenizer=None, vocab_size=0)  # checks every model.<part> override
+    model_config(self, check_only=True)  # every model.<part> override, without a tokenizer
     return self
 
 
-def model_config(cfg: Config, tokenizer=None, vocab_size: int | None = None):
+def model_config(cfg: Config, tokenizer=None, check_only: bool = False):
   """The FiFaConfig of a run: the preset with the `model.<part>` overrides and the
   tokenizer's ids.
 
   Training, inference, evaluation and conversion all build the model from here.  The
   vocabulary grows to the tokenizer's size when that is larger (unless
   `model.llama.vocab_size` is set), and the five special-token ids are the
-  tokenizer's (looked up by string).  `tokenizer=None, vocab_size=0` only checks the
-  overrides (no tokenizer is read).
+  tokenizer's (looked up by string).  `check_only` checks the overrides and the parts'
+  agreement without reading a tokenizer (the preset's ids stand in).
   """
   from fifa_jax.models.fifa import PRESETS  # lazy: see validate()
   from fifa_jax.models.lora import LoraConfig
@@ -228,7 +228,7 @@ def model_config(cfg: Config, tokenizer=None, vocab_size: int | None = None):
   llama = schema.override(base.llama, m.llama, "model.llama.")
   llama = dataclasses.replace(llama, lora=lora, remat=m.remat or llama.remat)
   ids = {}
-  if vocab_size != 0:  # not only checking: the tokenizer's vocabulary and special ids
+  if not check_only:  # the tokenizer's vocabulary and special ids
     if tokenizer is None:
       tokenizer = tokens.load_tokenizer(m.tokenizer)
     if "vocab_size" not in m.llama:

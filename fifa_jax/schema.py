@@ -113,7 +113,7 @@ def override(obj: Any, updates: Any, prefix: str = "") -> Any:
   """A copy of dataclass `obj` (frozen or not) with `updates` applied; a nested dataclass
   field is updated key by key from a mapping, not replaced."""
   if not isinstance(updates, dict):
-    return _fields(type(obj), updates, prefix)  # raises the "expected a mapping" error
+    raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {updates!r}")
   changes = {}
   for key, value in updates.items():
     current = getattr(obj, key, None)

@@ -33,6 +33,13 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 RLE_FORMATS = ("fifa", "coco")
 
 
+def picture(rgb: np.ndarray, task: str | None, region: str | None, masks, phrases, text: str,
+            box=None) -> np.ndarray:
+  """The overlay of one answer (fifa infer, the Python API): each phrase's mask in its colour."""
+  title = (tokens.TASK_NAMES[task] if task else "question") + (f"  region: {region}" if region else "")
+  return overlay.draw_overlay(rgb, masks, phrases, title=title, text=tokens.strip_markers(text), box=box)
+
+
 def rle_json(mask: np.ndarray, rle: str = "fifa") -> dict:
   if rle == "coco":
     enc = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
@@ -90,10 +97,8 @@ def run(checkpoint: str, image: str, task: str, out: str, region: str | None = N
     tmp = out_dir / f".answer.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, out_dir / "answer.json")
-    title = tokens.TASK_NAMES[q.task] + (f"  region: {q.region}" if q.region else "")
-    picture = overlay.draw_overlay(rgb, pred.artifact_masks, pred.phrases, title=title,
-                                   text=tokens.strip_markers(pred.text), box=q.box)
-    overlay.save_png(out_dir / "overlay.png", picture)
+    overlay.save_png(out_dir / "overlay.png", picture(rgb, q.task, q.region, pred.artifact_masks,
+                                                      pred.phrases, pred.text, q.box))
     results.append(result)
   return results
 
@@ -175,23 +180,21 @@ def run_many(checkpoint: str, images: str, task: str, out: str, region: str | No
       for (path, q), pred in zip(batch, preds):
         write(answer_json(q, pred, loaded.source, str(path), rle))
         if overlays:
-          title = tokens.TASK_NAMES[q.task] + (f"  region: {q.region}" if q.region else "")
           overlay.save_png(out_dir / "overlays" / f"{path.stem}.{q.task}.png",
-                           overlay.draw_overlay(q.rgb, pred.artifact_masks, pred.phrases, title=title,
-                                                text=tokens.strip_markers(pred.text), box=q.box))
+                           picture(q.rgb, q.task, q.region, pred.artifact_masks, pred.phrases,
+                                   pred.text, q.box))
       counts["answered"] += len(batch)
       bar.update(len(batch))
       batch.clear()
 
-    images_read: dict[Path, np.ndarray | str] = {}
+    current: tuple[Path | None, np.ndarray | str] = (None, "")  # todo is ordered by image
     for path, t in todo:
-      if path not in images_read:
-        images_read.clear()  # one image at a time: todo is ordered by image
+      if current[0] != path:
         try:
-          images_read[path] = predict.read_image(path)
+          current = (path, predict.read_image(path))
         except predict.QueryError as e:
-          images_read[path] = str(e)
-      rgb = images_read[path]
+          current = (path, str(e))  # every task of this image gets the error line
+      rgb = current[1]
       try:
         if isinstance(rgb, str):
           raise predict.QueryError(rgb)
