@@ -157,6 +157,31 @@ def cmd_regions(a) -> int:
   return 0
 
 
+def cmd_faces(a) -> int:
+  """One JSON line per image: {"image", "size": [h, w], "faces": [Face.to_json()]} or
+  {"image", "error"}.  With --stdin, paths are read one per line until EOF (a helper
+  process that the inference side keeps open)."""
+  # lazy: `--help` and the other commands load none of this
+  import sys
+
+  # lazy: as above
+  from data_prep import faces as faces_lib, imageio
+  finder = faces_lib.FaceFinder(max_faces=a.max_faces)
+  paths = (line.rstrip("\n") for line in sys.stdin) if a.stdin else iter(a.images)
+  for path in paths:
+    if not path:
+      continue
+    try:
+      rgb = imageio.load_image(path)
+      row = {"image": path, "size": list(rgb.shape[:2]),
+             "faces": [f.to_json() for f in finder.find(rgb)]}
+    except (imageio.ImageError, ValueError, OSError) as e:
+      row = {"image": path, "error": str(e)}
+    print(json.dumps(row), flush=True)
+  finder.close()
+  return 0
+
+
 def cmd_artifact_mask(a) -> int:
   # lazy: `--help` and the other commands load none of this
   from data_prep import artifacts, imageio
@@ -260,6 +285,14 @@ def build_parser():
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   _add_face_args(p)
   p.set_defaults(fn=cmd_batch)
+
+  p = sub.add_parser("faces", help="find the faces of photos and their crops (JSON lines)",
+                     description="Find the faces in each image and the square crops the model is shown "
+                                 "(data_prep/faces.py); one JSON line per image on stdout.")
+  p.add_argument("images", nargs="*", metavar="IMAGE")
+  p.add_argument("--stdin", action="store_true", help="read image paths from stdin, one per line")
+  p.add_argument("--max-faces", type=int, default=8, help="most faces per image, largest first (default 8)")
+  p.set_defaults(fn=cmd_faces)
 
   p = sub.add_parser("artifact-mask", help="Step 1: artifact mask from a real/fake pair",
                      description="Whole-image artifact mask of FAKE from its real source REAL (Step 1).")

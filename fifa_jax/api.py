@@ -7,9 +7,16 @@
     answer = model.ask(pil_image, task="b-toe", box=(10, 20, 90, 110))
     answer = model.ask("face.png", "Is anything odd about the eyes?")   # any question
     answers = model.ask_many([("a.png", "det"), ("b.png", "i-loc")])    # batched
+    answer = model.ask("photo.jpg", task="det", faces="largest")     # a photo: its largest face
+    answers = model.ask_faces("group.jpg", task="i-age")             # every face of a photo
     answer.text, answer.is_fake, answer.grounded[0].concept, answer.grounded[0].mask
     answer.overlay()              # RGB array: each grounded phrase coloured like its mask
     answer.save_overlay("o.png"); answer.to_json()
+
+FiFa was trained on face crops.  `faces="largest"` and `ask_faces` find the faces of a
+photo first (the annotator's detector, `infer/faces.py`), ask about each one cropped as
+the training faces are, and put the masks and box back on the photo (`Answer.face`
+says where the face is).  The default, `faces="none"`, asks about the image as given.
 
 The model is loaded in the decoding layout (`models/decoding.py`).  Images are paths,
 arrays (HxW grey, HxWx3 RGB or HxWx4 RGBA, uint8) or PIL images.  Queries go through
@@ -27,11 +34,13 @@ from typing import Any
 import numpy as np
 
 from fifa_jax import tokens
+from fifa_jax.infer import faces as faces_lib
 from fifa_jax.infer import load as load_lib
 from fifa_jax.infer import overlay, predict
 from fifa_jax.infer import run as run_lib
 
 QueryError = predict.QueryError
+FaceError = faces_lib.FaceError
 
 
 @dataclasses.dataclass
@@ -56,6 +65,7 @@ class Answer:
   region: str | None = None
   box: tuple[float, ...] | None = None
   source: str = ""
+  face: faces_lib.Face | None = None  # where in the photo the face asked about is (faces= modes)
 
   @property
   def plain_text(self) -> str:
@@ -70,7 +80,8 @@ class Answer:
   def overlay(self) -> np.ndarray:
     """The image with each grounded phrase's mask in its own colour, and a legend."""
     return run_lib.picture(self.image, self.task, self.region, [g.mask for g in self.grounded],
-                           [g.phrase for g in self.grounded], self.text, self.box)
+                           [g.phrase for g in self.grounded], self.text, self.box,
+                           self.face.crop if self.face else None)
 
   def save_overlay(self, path: str | os.PathLike) -> Path:
     overlay.save_png(path, self.overlay())
@@ -86,7 +97,8 @@ class Answer:
                       "area": int(g.mask.sum()), "mask_rle": run_lib.rle_json(g.mask)}
                      for g in self.grounded],
         "det_probs": self.det_probs, "cls_probs": self.cls_probs,
-        "checkpoint": self.source, "image": image_name, "size": [h, w]}
+        "checkpoint": self.source, "image": image_name, "size": [h, w],
+        "face": self.face.to_json() if self.face else None}
 
 
 class FiFa:
@@ -95,6 +107,7 @@ class FiFa:
   def __init__(self, loaded: load_lib.Loaded, max_new_tokens: int = 128):
     self.loaded = loaded
     self.max_new_tokens = max_new_tokens
+    self._face_finder: faces_lib.FaceFinder | None = None
 
   @classmethod
   def load(cls, path: str | os.PathLike, *, tokenizer: str | None = None,
@@ -107,13 +120,55 @@ class FiFa:
   def config(self):
     return self.loaded.config
 
+  @property
+  def face_finder(self) -> faces_lib.FaceFinder:
+    """The face detector (a helper process, started on first use)."""
+    if self._face_finder is None:
+      self._face_finder = faces_lib.FaceFinder()
+    return self._face_finder
+
+  def close(self) -> None:
+    """End the face finder's helper process, if one was started."""
+    if self._face_finder is not None:
+      self._face_finder.close()
+      self._face_finder = None
+
   def ask(self, image, question: str | None = None, *, task: str | None = None,
           region: str | None = None, box: Sequence[float] | None = None,
-          max_new_tokens: int | None = None) -> Answer:
+          max_new_tokens: int | None = None, faces: str = "none") -> Answer:
     """One answer: give `task` (one of tokens.TASKS, with `region` for R- tasks and
-    `box` for B- tasks) or a free `question` (a task name also works positionally)."""
-    return self.ask_many([dict(image=image, question=question, task=task, region=region, box=box)],
-                         max_new_tokens=max_new_tokens)[0]
+    `box` for B- tasks) or a free `question` (a task name also works positionally).
+    `faces="largest"`: `image` is a photo; its largest face is found and asked about."""
+    query = dict(image=image, question=question, task=task, region=region, box=box)
+    if faces_lib.check_mode(faces) == "none":
+      return self.ask_many([query], max_new_tokens=max_new_tokens)[0]
+    return self._ask_photo(query, faces, max_new_tokens)[0]
+
+  def ask_faces(self, image, question: str | None = None, *, task: str | None = None,
+                region: str | None = None, box: Sequence[float] | None = None,
+                max_new_tokens: int | None = None) -> list[Answer]:
+    """One answer per face of a photo, largest first (with a `box`: the faces it lies on).
+    FaceError when there is no face, or none large enough."""
+    query = dict(image=image, question=question, task=task, region=region, box=box)
+    return self._ask_photo(query, "all", max_new_tokens)
+
+  def _ask_photo(self, query: dict, mode: str, max_new_tokens: int | None) -> list[Answer]:
+    photo, pairs = self.face_queries(query, mode)
+    parsed = [p for _, p in pairs]
+    answers = []
+    for start in range(0, len(parsed), 8):
+      answers += self.answer(parsed[start:start + 8], max_new_tokens)
+    return [on_photo(a, f, photo) for a, (f, _) in zip(answers, pairs)]
+
+  def face_queries(self, query: dict, mode: str) -> tuple[np.ndarray, list[tuple[faces_lib.Face, tuple]]]:
+    """(the photo, [(a face, its parsed query about the face's crop)]) for `ask`'s arguments;
+    `mode` "largest" or "all".  The server answers these and moves them back with `on_photo`."""
+    checked, _ = parse_query(query)  # the question, region and box, on the whole photo first
+    photo, box = checked.rgb, checked.box
+    found = faces_lib.choose(self.face_finder.find(photo), mode, box=box)
+    return photo, [(f, parse_query(dict(query, image=faces_lib.crop_face(photo, f),
+                                        box=faces_lib.box_to_crop(box, f) if box is not None else None)))
+                   for f in found]
 
   def ask_many(self, queries: Iterable[dict | tuple], *, batch_size: int = 8,
                max_new_tokens: int | None = None) -> list[Answer]:
@@ -163,6 +218,16 @@ class Chat:
     answer = self.model.answer([(q, free)], max_new_tokens)[0]
     self.history.append((text, answer.text))
     return answer
+
+
+def on_photo(answer: Answer, face: faces_lib.Face, photo: np.ndarray) -> Answer:
+  """An answer about a face crop, moved onto the photo it was cropped from."""
+  hw = photo.shape[:2]
+  grounded = [dataclasses.replace(g, mask=faces_lib.paste_mask(g.mask, face, hw),
+                                  region_mask=faces_lib.paste_mask(g.region_mask, face, hw))
+              for g in answer.grounded]
+  box = faces_lib.box_to_photo(answer.box, face) if answer.box is not None else None
+  return dataclasses.replace(answer, image=photo, grounded=grounded, box=box, face=face)
 
 
 def to_rgb(image) -> np.ndarray:

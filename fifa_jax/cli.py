@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Optional
 
 import typer
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from fifa_jax import prep_env
+
 
 app = typer.Typer(
     name="fifa",
@@ -40,12 +40,6 @@ app.add_typer(convert_app, name="convert")
 # prep: the annotator, in .venv-prep
 
 
-def prep_python() -> Path:
-  """The Python of the data_prep environment ($FIFA_PREP_PYTHON or .venv-prep)."""
-  env = os.environ.get("FIFA_PREP_PYTHON")
-  return Path(env) if env else REPO_ROOT / ".venv-prep" / "bin" / "python"
-
-
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
                       "help_option_names": []},
@@ -58,26 +52,18 @@ def prep(ctx: typer.Context) -> None:
 
 def run_prep(args: list[str], name: str = "fifa prep") -> None:
   """Run `python -m data_prep.cli ARGS` in .venv-prep and exit with its status."""
-  python = prep_python()
-  if not python.exists():
-    typer.echo(f"{name}: the data_prep environment is missing ({python}); "
+  cmd, env = prep_env.prep_command(args)
+  if not Path(cmd[0]).exists():
+    typer.echo(f"{name}: the data_prep environment is missing ({cmd[0]}); "
                "run `make prep-env` or set FIFA_PREP_PYTHON.", err=True)
     raise typer.Exit(code=2)
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-  cmd = [str(python), "-m", "data_prep.cli", *args]
   if os.environ.get("FIFA_PREP_VERBOSE"):
     raise typer.Exit(code=subprocess.call(cmd, env=env))
-  # MediaPipe's C++ start-up logging is noise to a user: drop it, pass the rest through.
   proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
   for line in proc.stderr:
-    if not _MEDIAPIPE_NOISE.match(line):
+    if not prep_env.MEDIAPIPE_NOISE.match(line):
       sys.stderr.write(line)
   raise typer.Exit(code=proc.wait())
-
-
-_MEDIAPIPE_NOISE = re.compile(r"^([WI]\d{4} [\d:.]+\s+\d+ \S+:\d+\]|INFO: Created TensorFlow Lite"
-                              r"|WARNING: All log messages before absl::InitializeLog)")
 
 
 # ---------------------------------------------------------------------------
@@ -360,6 +346,9 @@ def infer(
     overlays: bool = typer.Option(False, "--overlays", help="Many images: also write OUT/overlays/<image>.<task>.png."),
     rle: str = typer.Option("fifa", help="Mask RLE in the JSON: fifa (row-major runs) or coco (pycocotools' compressed)."),
     progress: bool = typer.Option(True, help="Show a progress bar (many images)."),
+    faces: str = typer.Option("none", help="Photos: none (the image is a face crop, as in training), "
+                                           "largest (find the faces, answer about the largest), or all "
+                                           "(each face; OUT/face-<k>/). Masks and boxes stay in the photo's pixels."),
 ) -> None:
   """Ask a trained model about one face (prints the answer, writes JSON and a mask overlay),
   or about every face of a folder or glob (writes OUT/answers.jsonl)."""
@@ -373,7 +362,8 @@ def infer(
       counts = infer_run.run_many(checkpoint, image, task.lower(), out, region=region,
                                   box=infer_run.parse_box(box), tokenizer=tokenizer,
                                   max_new_tokens=max_new_tokens, param_dtype=param_dtype,
-                                  batch_size=batch_size, overlays=overlays, rle=rle, progress=progress)
+                                  batch_size=batch_size, overlays=overlays, rle=rle, progress=progress,
+                                  faces=faces.lower())
     except (predict.QueryError, load_lib.CheckpointError, ValueError, FileNotFoundError) as e:
       typer.echo(f"fifa infer: error: {e}", err=True)
       raise typer.Exit(code=2)
@@ -383,12 +373,18 @@ def infer(
   try:
     results = infer_run.run(checkpoint, image, task.lower(), out, region=region,
                             box=infer_run.parse_box(box), tokenizer=tokenizer,
-                            max_new_tokens=max_new_tokens, param_dtype=param_dtype, rle=rle)
+                            max_new_tokens=max_new_tokens, param_dtype=param_dtype, rle=rle,
+                            faces=faces.lower())
   except (predict.QueryError, load_lib.CheckpointError, ValueError, FileNotFoundError) as e:
     typer.echo(f"fifa infer: error: {e}", err=True)
     raise typer.Exit(code=2)
   for result in results:
-    where = f"{out}/{result['task']}" if task.lower() == "all" else out
+    face = result.get("face")
+    where = "/".join([out] + ([f"face-{face['index']}"] if face and faces.lower() == "all" else [])
+                     + ([result["task"]] if task.lower() == "all" else []))
+    if face:
+      x0, y0, side = face["crop"]
+      typer.echo(f"face {face['index']} (crop {side}x{side} px at {x0},{y0}, detector score {face['score']:.2f}):")
     typer.echo(f"[{result['task']}] {result['answer']}")
     for g in result["grounded"]:
       typer.echo(f"  [SEG] {g['phrase']!r} -> {g['concept']}: {g['area']} px, score {g['score']:.2f}")
@@ -527,19 +523,23 @@ def serve(
     max_waiting: int = typer.Option(64, help="Questions queued before the server answers 503."),
     max_body_mb: float = typer.Option(16.0, help="Largest request body, MiB."),
     max_side: int = typer.Option(4096, help="Largest image side, pixels."),
+    faces: str = typer.Option("none", help="Default of a request's `faces`: none (images are face crops), "
+                                           "largest or all (find the faces of photos first)."),
 ) -> None:
   """An HTTP JSON API: POST /ask (image + task or question), GET /health, GET /info."""
   # lazy: `--help` and the other commands load none of this
   from fifa_jax import api, serve as serve_lib
+  from fifa_jax.infer import faces as faces_lib
   from fifa_jax.infer import load as load_lib
 
   try:
+    faces_lib.check_mode(faces.lower())
     model = api.FiFa.load(checkpoint, tokenizer=tokenizer, dtype=param_dtype, max_new_tokens=max_new_tokens)
   except (load_lib.CheckpointError, ValueError, FileNotFoundError) as e:
     typer.echo(f"fifa serve: error: {e}", err=True)
     raise typer.Exit(code=2)
   limits = serve_lib.Limits(max_body_bytes=int(max_body_mb * 2**20), max_side=max_side,
-                            max_batch=max_batch, max_waiting=max_waiting)
+                            max_batch=max_batch, max_waiting=max_waiting, faces=faces.lower())
   typer.echo(f"fifa serve: {model.loaded.source} on http://{host}:{port} (POST /ask, GET /health, GET /info)")
   serve_lib.serve(model, host, port, limits)
 

@@ -1,8 +1,11 @@
 """`fifa serve`: FiFa over HTTP (FastAPI + uvicorn).
 
-  POST /ask     JSON {"image": base64, "task" | "question", "region", "box"} or a
-                multipart form (an `image` file and the same fields; `box` as
-                "x1,y1,x2,y2") -> the answer in `fifa infer`'s answer.json schema
+  POST /ask     JSON {"image": base64, "task" | "question", "region", "box", "faces"} or
+                a multipart form (an `image` file and the same fields; `box` as
+                "x1,y1,x2,y2") -> the answer in `fifa infer`'s answer.json schema.
+                faces: "none" (the image is a face crop), "largest" (find the faces
+                of a photo, answer about the largest) or "all" (-> {"faces": [answer,
+                ...]}, largest first); the server's --faces sets the default
   GET  /health  {"status": "ok"}
   GET  /info    the checkpoint, tasks, limits
 
@@ -10,7 +13,8 @@ Concurrent requests are answered together: a single worker thread owns the model
 takes up to `max_batch` waiting queries per generation (padded to a power of two, so
 that a handful of batch shapes compile).  Bad input is a 4xx with one line saying what
 is wrong: 400 (not JSON, not an image, a bad query), 413 (body or image too large),
-503 (too many requests waiting).  Binds 127.0.0.1 unless told otherwise.
+422 (no face, or none large enough), 503 (too many requests waiting).  Binds 127.0.0.1
+unless told otherwise.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from fifa_jax import tokens
-from fifa_jax.api import FiFa, QueryError, parse_query
+from fifa_jax.api import FaceError, FiFa, QueryError, on_photo, parse_query
+from fifa_jax.infer import faces as faces_lib
 
 
 @dataclasses.dataclass
@@ -38,6 +43,7 @@ class Limits:
   max_batch: int = 8  # queries per generation
   max_waiting: int = 64  # queries queued before 503
   batch_wait_s: float = 0.01  # how long the worker waits to fill a batch
+  faces: str = "none"  # the default of a request's `faces` field
 
 
 class _Batcher:
@@ -104,18 +110,32 @@ def create_app(model: FiFa, limits: Limits = Limits()) -> FastAPI:
       return error(413, f"request body of {len(body)} bytes exceeds the limit of {limits.max_body_bytes}")
     try:
       fields, name = await _fields(request, body)
+      mode = faces_lib.check_mode(str(fields.pop("faces", limits.faces)).lower())
       parsed = parse_query(fields)
     except QueryError as e:
       return error(400, str(e))
     h, w = parsed[0].rgb.shape[:2]
     if max(h, w) > limits.max_side:
       return error(413, f"image of {w}x{h} pixels exceeds the limit of {limits.max_side} a side")
+    if mode == "none":
+      pairs, photo = [(None, parsed)], None
+    else:
+      fields["image"] = parsed[0].rgb  # decoded once
+      try:  # the face finder is a helper process: wait for it off the event loop
+        photo, pairs = await asyncio.to_thread(model.face_queries, fields, mode)
+      except FaceError as e:
+        return error(422, str(e))
+    if batcher.queue.qsize() + len(pairs) > limits.max_waiting:
+      return error(503, f"{limits.max_waiting} questions are already waiting; try again shortly")
     try:
-      fut = batcher.submit(parsed)
+      futures = [batcher.submit(p) for _, p in pairs]
     except queue.Full:
       return error(503, f"{limits.max_waiting} questions are already waiting; try again shortly")
-    answer = await asyncio.wrap_future(fut)
-    return answer.to_json(name)
+    answers = [await asyncio.wrap_future(f) for f in futures]
+    if mode == "none":
+      return answers[0].to_json(name)
+    on = [on_photo(a, f, photo).to_json(name) for a, (f, _) in zip(answers, pairs)]
+    return on[0] if mode == "largest" else {"faces": on}
 
   return app
 
@@ -156,9 +176,10 @@ async def _fields(request: Request, body: bytes) -> tuple[dict, str]:
   if box is not None and (not isinstance(box, (list, tuple)) or len(box) != 4
                           or not all(isinstance(v, (int, float)) for v in box)):
     raise QueryError("box must be four numbers x1,y1,x2,y2")
-  unknown = set(fields) - {"image", "task", "question", "region", "box"}
+  unknown = set(fields) - {"image", "task", "question", "region", "box", "faces"}
   if unknown:
-    raise QueryError(f"unknown fields {sorted(unknown)}; expected image, task or question, region, box")
+    raise QueryError(f"unknown fields {sorted(unknown)}; expected image, task or question, region, "
+                     "box, faces")
   return fields, name
 
 

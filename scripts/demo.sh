@@ -2,7 +2,7 @@
 # `make demo`: the pipeline end to end on embedded data (real faces that ship
 # with scikit-image and insightface; no download of weights or datasets).
 #   synth faces -> annotate -> build shards -> train the cpu model -> eval on a
-#   person never seen in training -> infer on the astronaut.
+#   person never seen in training -> infer on the astronaut's photo (face found and cropped).
 # The model is the `cpu` preset (128-px faces, 32x32 masks) trained from scratch
 # for a few minutes: it shows that the recipe learns, not FiFa's paper accuracy.
 set -euo pipefail
@@ -52,20 +52,20 @@ $fifa eval --checkpoint "$out/train" --data "$out/data" --split test --out "$out
 cat "$out/eval/report.md"
 $py scripts/demo_targets.py "$out/eval/report.json"
 
-step "9. Ask the model about the astronaut (her face cropped as the training faces are): all 11 tasks"
+step "9. Ask the model about the astronaut's photo: her face is found and cropped as the training faces are, all 11 tasks"
+$fifa prep faces "$out/astronaut.png"
+$fifa infer --checkpoint "$out/train" --image "$out/astronaut.png" --faces largest --task all \
+  --region "right eye" --box "177,87,226,131" --out "$out/infer" --max-new-tokens 160
+# The face crop itself, for the README's Python, chat and HTTP examples.
 $py - "$out" <<'EOF'
-import sys, cv2, numpy as np
+import sys, cv2
+from fifa_jax.infer import faces
 out = sys.argv[1]
-lm = np.load(f"{out}/astronaut_regions.npz")["landmarks"][:, :2]
-(x0, y0), (x1, y1) = lm.min(0), lm.max(0)
-side = 1.3 * max(x1 - x0, y1 - y0)
-cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-img = cv2.imread(f"{out}/astronaut.png")
-a, b = int(max(cx - side / 2, 0)), int(max(cy - side / 2, 0))
-crop = cv2.resize(img[b:b + int(side), a:a + int(side)], (256, 256), interpolation=cv2.INTER_AREA)
-cv2.imwrite(f"{out}/astronaut_face.png", crop)
+rgb = cv2.cvtColor(cv2.imread(f"{out}/astronaut.png"), cv2.COLOR_BGR2RGB)
+with faces.FaceFinder() as finder:
+  face = faces.choose(finder.find(rgb), "largest")[0]
+crop = cv2.resize(faces.crop_face(rgb, face), (256, 256), interpolation=cv2.INTER_AREA)
+cv2.imwrite(f"{out}/astronaut_face.png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
 EOF
-$fifa infer --checkpoint "$out/train" --image "$out/astronaut_face.png" --task all \
-  --region "right eye" --box "40,60,130,140" --out "$out/infer" --max-new-tokens 160
 echo
 echo "demo outputs: $out/ (learning curve: $out/train/learning_curve.png; eval overlays: $out/eval/overlays/)"

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+from data_prep import samples
 from fifa_jax import api, serve as serve_lib
 
 N = 6
@@ -116,6 +117,26 @@ def test_bad_requests_get_a_4xx_naming_the_problem(server):
   ]
   for (status, body), want_status, message in cases:
     assert status == want_status and message in body["error"], (status, body)
+
+
+@pytest.mark.slow
+def test_photos_are_answered_face_by_face(server, tmp_path):
+  url, model = server
+  photo = np.full((300, 400, 3), 120, np.uint8)
+  photo[80:192, 200:312] = samples.tom_hanks()
+  status, one = _ask_json(url, photo, task="det", faces="largest")
+  assert status == 200 and one["size"] == [300, 400], one
+  x0, y0, side = one["face"]["crop"]
+  assert x0 <= 256 <= x0 + side and y0 <= 136 <= y0 + side
+  want = model.ask(photo, task="det", faces="largest").to_json()
+  assert one["answer"] == want["answer"] and one["face"] == want["face"]
+  status, every = _ask_json(url, photo, task="det", faces="all")
+  assert status == 200 and [f["face"] for f in every["faces"]] == [one["face"]]
+  noise = np.random.default_rng(0).integers(0, 255, (200, 240, 3), np.uint8)
+  status, body = _ask_json(url, noise, task="det", faces="largest")
+  assert status == 422 and "no face found" in body["error"]
+  status, body = _ask_json(url, photo, task="det", faces="every")
+  assert status == 400 and "faces must be one of none, largest, all" in body["error"]
 
 
 @pytest.mark.slow

@@ -36,13 +36,13 @@ def _wrap(text: str, width: int) -> list[str]:
 
 def draw_overlay(image: np.ndarray, masks: Sequence[np.ndarray], labels: Sequence[str], *,
                  title: str | None = None, text: str | None = None,
-                 box: Sequence[float] | None = None, alpha: float = 0.5,
-                 legend_width: int = 360) -> np.ndarray:
+                 box: Sequence[float] | None = None, face: Sequence[float] | None = None,
+                 alpha: float = 0.5, legend_width: int = 360) -> np.ndarray:
   """The image with each mask blended in its colour and contoured, plus a legend.
 
   masks[i] (bool [H, W], the image's size) is labelled labels[i]; `box` (x1, y1,
-  x2, y2 pixels) is drawn as the query box; `text` (the answer) is wrapped under
-  the legend.
+  x2, y2 pixels) is drawn as the query box, `face` (x0, y0, side) as the face crop
+  a photo's answer is about (yellow); `text` (the answer) is wrapped under the legend.
   """
   img = np.ascontiguousarray(image[..., :3]).astype(np.uint8)
   if img.ndim != 3:
@@ -69,6 +69,9 @@ def draw_overlay(image: np.ndarray, masks: Sequence[np.ndarray], labels: Sequenc
   out = out.astype(np.uint8)
   for cs, c in contours:
     cv2.drawContours(out, cs, -1, c, 1, cv2.LINE_AA)
+  if face is not None:
+    x0, y0, side = (round(v * scale) for v in face)
+    cv2.rectangle(out, (x0, y0), (x0 + side, y0 + side), (255, 210, 0), 1, cv2.LINE_AA)
   if box is not None:
     x1, y1, x2, y2 = (round(v * scale) for v in box)
     cv2.rectangle(out, (x1, y1), (x2, y2), (255, 255, 255), 2, cv2.LINE_AA)

@@ -8,8 +8,13 @@ answer.json:
               mask_rle: {size: [h, w], counts: [...]}}]   (Regional Artifact Masks)
   det_probs {real, fake}, cls_probs {category: p}   (the auxiliary heads)
   checkpoint, image, size
+  face (with --faces largest|all: {index, box, crop, score} in the photo; masks and box
+        are then the photo's)
 RLE as in fifa_jax.data.records (row-major runs, background first), counts as a list;
 or COCO's compressed RLE (`--rle coco`: column-major, counts as pycocotools' string).
+
+`--faces largest|all` asks about photos: the faces are found and cropped as the
+training faces are (infer/faces.py), and each answer is put back on the photo.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +31,7 @@ from tqdm import tqdm
 
 from fifa_jax import fict, tokens
 from fifa_jax.data.records import rle_encode
+from fifa_jax.infer import faces as faces_lib
 from fifa_jax.infer import load as load_lib
 from fifa_jax.infer import overlay, predict
 
@@ -34,10 +41,12 @@ RLE_FORMATS = ("fifa", "coco")
 
 
 def picture(rgb: np.ndarray, task: str | None, region: str | None, masks, phrases, text: str,
-            box=None) -> np.ndarray:
-  """The overlay of one answer (fifa infer, the Python API): each phrase's mask in its colour."""
+            box=None, face=None) -> np.ndarray:
+  """The overlay of one answer (fifa infer, the Python API): each phrase's mask in its colour;
+  `face` (x0, y0, side): the crop of the photo the answer is about."""
   title = (tokens.TASK_NAMES[task] if task else "question") + (f"  region: {region}" if region else "")
-  return overlay.draw_overlay(rgb, masks, phrases, title=title, text=tokens.strip_markers(text), box=box)
+  return overlay.draw_overlay(rgb, masks, phrases, title=title, text=tokens.strip_markers(text),
+                              box=box, face=face)
 
 
 def rle_json(mask: np.ndarray, rle: str = "fifa") -> dict:
@@ -55,10 +64,15 @@ def nearest_concept(phrase: str) -> str | None:
 
 
 def answer_json(query: predict.Query, pred: predict.Prediction, source: str, image: str,
-                rle: str = "fifa") -> dict:
-  h, w = query.rgb.shape[:2]
+                rle: str = "fifa", face: tuple[int, faces_lib.Face, tuple[int, int]] | None = None) -> dict:
+  """`face`: (index, Face, photo's [h, w]) when `query` is about a face crop of a photo
+  and `pred` is already on the photo (faces.to_photo)."""
+  h, w = query.rgb.shape[:2] if face is None else face[2]
+  box = query.box
+  if face is not None and box is not None:
+    box = faces_lib.box_to_photo(box, face[1])
   return {
-      "task": query.task, "region": query.region, "box": list(query.box) if query.box else None,
+      "task": query.task, "region": query.region, "box": list(box) if box else None,
       "prompt": query.question(),
       "answer": pred.text, "answer_plain": tokens.strip_markers(pred.text),
       "grounded": [{"phrase": p, "concept": nearest_concept(p), "score": s, "area": int(m.sum()),
@@ -67,38 +81,76 @@ def answer_json(query: predict.Query, pred: predict.Prediction, source: str, ima
       "det_probs": dict(zip(tokens.DET_CLASSES, pred.det_probs)),
       "cls_probs": dict(zip(tokens.CLS_CLASSES, pred.cls_probs)),
       "checkpoint": source, "image": image, "size": [h, w],
+      **({"face": {"index": face[0], **face[1].to_json()}} if face is not None else {}),
   }
+
+
+def photo_queries(rgb: np.ndarray, names: Sequence[str], region: str | None,
+                  box: tuple[float, ...] | None, faces: str, found: list[faces_lib.Face] | None,
+                  image: str = "the image") -> list[tuple[predict.Query, tuple | None]]:
+  """The validated queries of one image and its tasks: about the image itself
+  (faces="none") or about the crop of each face of `found` that `faces` chooses;
+  each with its (index, Face, photo hw)."""
+  every = len(names) > 1  # several tasks: each takes the region or box only if it needs it
+
+  def query(pixels, t, face=None):
+    level = tokens.task_level(t)
+    b = box if level == "box" or not every else None
+    if face is not None and b is not None:
+      b = faces_lib.box_to_crop(b, face)
+    q = predict.Query(pixels, t, region=region if level == "region" or not every else None, box=b)
+    q.validate()
+    return q
+
+  whole = [query(rgb, t) for t in names]  # region and box checked on the photo itself first
+  if faces == "none":
+    return [(q, None) for q in whole]
+  out = []
+  for t in names:
+    b = box if tokens.task_level(t) == "box" or not every else None
+    for k, f in enumerate(faces_lib.choose(found, faces, image, box=b)):
+      out.append((query(faces_lib.crop_face(rgb, f), t, f), (k, f, rgb.shape[:2])))
+  return out
 
 
 def run(checkpoint: str, image: str, task: str, out: str, region: str | None = None,
         box: tuple[float, ...] | None = None, tokenizer: str | None = None,
-        max_new_tokens: int = 128, param_dtype: str | None = None, rle: str = "fifa") -> list[dict]:
-  """Validate everything cheap first (image, task, region, box), then load and ask.
+        max_new_tokens: int = 128, param_dtype: str | None = None, rle: str = "fifa",
+        faces: str = "none") -> list[dict]:
+  """Validate everything cheap first (image, task, region, box, the faces), then load and ask.
 
   `task="all"` asks the 11 tasks in one batch (R- tasks about `region`, B- tasks
   about `box`, both then required) and writes OUT/<task>/; one task writes OUT/.
+  `faces="all"` writes each face's answers under OUT/face-<k>/ (largest first).
   """
   if rle not in RLE_FORMATS:
     raise ValueError(f"--rle must be one of {', '.join(RLE_FORMATS)}, got {rle!r}")
+  faces_lib.check_mode(faces)
   rgb = predict.read_image(image)
+  if task != "all" and task not in tokens.TASKS:
+    raise predict.QueryError(f"unknown task {task!r}; expected one of {', '.join(tokens.TASKS)} or all")
   names = tokens.TASKS if task == "all" else (task,)
-  queries = [predict.Query(rgb, t, region=region if tokens.task_level(t) == "region" else None,
-                           box=box if tokens.task_level(t) == "box" else None) for t in names]
-  if task != "all":
-    queries = [predict.Query(rgb, task, region=region, box=box)]
-  for q in queries:
-    q.validate()
+  found = None
+  if faces != "none":
+    photo_queries(rgb, names, region, box, "none", None)  # the question itself, before any search
+    with faces_lib.FaceFinder() as finder:
+      found = finder.find(rgb)
+  pairs = photo_queries(rgb, names, region, box, faces, found, f"image {image!r}")
   loaded = load_lib.load(checkpoint, tokenizer, param_dtype=param_dtype)
+  queries = [q for q, _ in pairs]
   results = []
-  for q, pred in zip(queries, predict.predict(loaded, queries, max_new_tokens=max_new_tokens)):
-    result = answer_json(q, pred, loaded.source, str(image), rle)
-    out_dir = Path(out) / q.task if task == "all" else Path(out)
+  for (q, face), pred in zip(pairs, predict.predict(loaded, queries, max_new_tokens=max_new_tokens)):
+    if face is not None:
+      pred = faces_lib.to_photo(pred, face[1], face[2])
+    result = answer_json(q, pred, loaded.source, str(image), rle, face)
+    out_dir = Path(out) / (f"face-{face[0]}" if faces == "all" else "") / (q.task if task == "all" else "")
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".answer.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, out_dir / "answer.json")
     overlay.save_png(out_dir / "overlay.png", picture(rgb, q.task, q.region, pred.artifact_masks,
-                                                      pred.phrases, pred.text, q.box))
+                                                      pred.phrases, pred.text, result["box"],
+                                                      face[1].crop if face else None))
     results.append(result)
   return results
 
@@ -142,13 +194,17 @@ def _done(answers: Path, wanted: set[tuple[str, str]]) -> set[tuple[str, str]]:
 def run_many(checkpoint: str, images: str, task: str, out: str, region: str | None = None,
              box: tuple[float, ...] | None = None, tokenizer: str | None = None,
              max_new_tokens: int = 128, param_dtype: str | None = None, batch_size: int = 8,
-             overlays: bool = False, rle: str = "fifa", progress: bool = True) -> dict[str, int]:
+             overlays: bool = False, rle: str = "fifa", progress: bool = True,
+             faces: str = "none") -> dict[str, int]:
   """Every image of a folder or glob x the task (or all 11) -> OUT/answers.jsonl.
 
   Resumable: pairs already answered in OUT/answers.jsonl are skipped (failed ones are
   tried again).  A bad image or query is written as {"image", "task", "error"} and
-  the run goes on.  Returns the counts {"answered", "failed", "skipped"}.
+  the run goes on.  With faces="largest"/"all", each face answered is a line (its
+  "face" says which); a photo without a usable face is an error line.
+  Returns the counts {"answered", "failed", "skipped"} (of image-task pairs).
   """
+  faces_lib.check_mode(faces)
   if rle not in RLE_FORMATS:
     raise ValueError(f"--rle must be one of {', '.join(RLE_FORMATS)}, got {rle!r}")
   if batch_size < 1:
@@ -173,45 +229,62 @@ def run_many(checkpoint: str, images: str, task: str, out: str, region: str | No
       sink.write(json.dumps(row) + "\n")
       sink.flush()
 
-    batch: list[tuple[Path, predict.Query]] = []
+    batch: list[tuple[Path, np.ndarray, predict.Query, tuple | None]] = []
 
     def flush() -> None:
-      preds = predict.predict(loaded, [q for _, q in batch], max_new_tokens=max_new_tokens)
-      for (path, q), pred in zip(batch, preds):
-        write(answer_json(q, pred, loaded.source, str(path), rle))
+      preds = predict.predict(loaded, [q for _, _, q, _ in batch], max_new_tokens=max_new_tokens)
+      for (path, photo, q, face), pred in zip(batch, preds):
+        if face is not None:
+          pred = faces_lib.to_photo(pred, face[1], face[2])
+        row = answer_json(q, pred, loaded.source, str(path), rle, face)
+        write(row)
         if overlays:
-          overlay.save_png(out_dir / "overlays" / f"{path.stem}.{q.task}.png",
-                           picture(q.rgb, q.task, q.region, pred.artifact_masks, pred.phrases,
-                                   pred.text, q.box))
-      counts["answered"] += len(batch)
-      bar.update(len(batch))
+          name = f"{path.stem}.{q.task}" + (f".face-{face[0]}" if faces == "all" else "")
+          overlay.save_png(out_dir / "overlays" / f"{name}.png",
+                           picture(photo, q.task, q.region, pred.artifact_masks, pred.phrases,
+                                   pred.text, row["box"], face[1].crop if face else None))
       batch.clear()
 
-    current: tuple[Path | None, np.ndarray | str] = (None, "")  # todo is ordered by image
-    for path, t in todo:
-      if current[0] != path:
-        try:
-          current = (path, predict.read_image(path))
-        except predict.QueryError as e:
-          current = (path, str(e))  # every task of this image gets the error line
-      rgb = current[1]
-      try:
-        if isinstance(rgb, str):
-          raise predict.QueryError(rgb)
+    finder = faces_lib.FaceFinder() if faces != "none" else None
+    # todo is ordered by image: (path, the RGB image or its error, its faces or their error)
+    current: tuple = (None, "", None)
+    try:
+      for path, t in todo:
+        if current[0] != path:
+          try:
+            rgb = predict.read_image(path)
+            found = None
+            if finder is not None:
+              try:
+                found = finder.find(rgb)
+              except predict.QueryError as e:
+                found = str(e)
+            current = (path, rgb, found)
+          except predict.QueryError as e:
+            current = (path, str(e), None)  # every task of this image gets the error line
+        _, rgb, found = current
         level = tokens.task_level(t)
-        q = predict.Query(rgb, t, region=region if level == "region" else None,
-                          box=box if level == "box" else None)
-        q.validate()
-      except predict.QueryError as e:
-        write({"image": str(path), "task": t, "error": str(e)})
-        counts["failed"] += 1
+        try:
+          for problem in (rgb, found):
+            if isinstance(problem, str):
+              raise predict.QueryError(problem)
+          pairs = photo_queries(rgb, (t,), region if level == "region" else None,
+                                box if level == "box" else None, faces, found, f"image {str(path)!r}")
+        except predict.QueryError as e:
+          write({"image": str(path), "task": t, "error": str(e)})
+          counts["failed"] += 1
+          bar.update(1)
+          continue
+        batch.extend((path, rgb, q, face) for q, face in pairs)  # an image's faces in one flush
+        counts["answered"] += 1
         bar.update(1)
-        continue
-      batch.append((path, q))
-      if len(batch) == batch_size:
+        if len(batch) >= batch_size:
+          flush()
+      if batch:
         flush()
-    if batch:
-      flush()
+    finally:
+      if finder is not None:
+        finder.close()
   bar.close()
   return counts
 
