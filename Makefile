@@ -32,6 +32,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	@# Caption metrics (pycocoevalcap's tokenizer and METEOR) run on Java.
 	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless) \
 	  || echo "warning: no Java; caption metrics (fifa eval) will fail until a JRE is installed"
+	@# The web page's browser test drives a headless Chromium from Debian's packages.
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+	  || echo "warning: no Chromium; tests/test_web.py will fail until it is installed"
 	touch $@
 
 $(PREP)/.installed: data_prep/requirements.txt pyproject.toml

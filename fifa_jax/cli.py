@@ -525,8 +525,9 @@ def serve(
     max_side: int = typer.Option(4096, help="Largest image side, pixels."),
     faces: str = typer.Option("none", help="Default of a request's `faces`: none (images are face crops), "
                                            "largest or all (find the faces of photos first)."),
+    sample: Optional[str] = typer.Option(None, help="An image the web page offers as its sample face."),
 ) -> None:
-  """An HTTP JSON API: POST /ask (image + task or question), GET /health, GET /info."""
+  """An HTTP JSON API (POST /ask: image + task or question; GET /health, /info) and a web page at /."""
   # lazy: `--help` and the other commands load none of this
   from fifa_jax import api, serve as serve_lib
   from fifa_jax.infer import faces as faces_lib
@@ -534,14 +535,17 @@ def serve(
 
   try:
     faces_lib.check_mode(faces.lower())
+    if sample is not None and not Path(sample).is_file():
+      raise FileNotFoundError(f"--sample {sample!r} does not exist")
     model = api.FiFa.load(checkpoint, tokenizer=tokenizer, dtype=param_dtype, max_new_tokens=max_new_tokens)
   except (load_lib.CheckpointError, ValueError, FileNotFoundError) as e:
     typer.echo(f"fifa serve: error: {e}", err=True)
     raise typer.Exit(code=2)
   limits = serve_lib.Limits(max_body_bytes=int(max_body_mb * 2**20), max_side=max_side,
                             max_batch=max_batch, max_waiting=max_waiting, faces=faces.lower())
-  typer.echo(f"fifa serve: {model.loaded.source} on http://{host}:{port} (POST /ask, GET /health, GET /info)")
-  serve_lib.serve(model, host, port, limits)
+  typer.echo(f"fifa serve: {model.loaded.source} on http://{host}:{port} (the web page at /; "
+             "POST /ask, GET /health, GET /info)")
+  serve_lib.serve(model, host, port, limits, sample)
 
 
 # `fifa convert farl|llama|sam|model|peft` live in fifa_jax/convert/cli.py.

@@ -7,7 +7,10 @@
                 of a photo, answer about the largest) or "all" (-> {"faces": [answer,
                 ...]}, largest first); the server's --faces sets the default
   GET  /health  {"status": "ok"}
-  GET  /info    the checkpoint, tasks, limits
+  GET  /info    the checkpoint, tasks, limits, FICT concepts, the overlay palette
+  GET  /        a web page (fifa_jax/web/index.html): upload a face, choose a task, pick a
+                region, draw a box, see the answer coloured like its masks
+  GET  /sample  the sample face offered by the page (`--sample`), if one was given
 
 Concurrent requests are answered together: a single worker thread owns the model and
 takes up to `max_batch` waiting queries per generation (padded to a power of two, so
@@ -27,13 +30,17 @@ import dataclasses
 import json
 import queue
 import threading
+from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
-from fifa_jax import tokens
+from fifa_jax import fict, tokens
 from fifa_jax.api import FaceError, FiFa, QueryError, on_photo, parse_query
 from fifa_jax.infer import faces as faces_lib
+from fifa_jax.infer import overlay
+
+PAGE = Path(__file__).parent / "web" / "index.html"
 
 
 @dataclasses.dataclass
@@ -81,9 +88,11 @@ class _Batcher:
         fut.set_result(answer)
 
 
-def create_app(model: FiFa, limits: Limits = Limits()) -> FastAPI:
+def create_app(model: FiFa, limits: Limits = Limits(), sample: str | Path | None = None) -> FastAPI:
+  """The app; `sample`: an image file the web page offers as its sample face."""
   app = FastAPI(title="FiFa", description="Fine-grained explainable deepfake analysis (FiFa-MLLM)")
   batcher = _Batcher(model, limits)
+  page = PAGE.read_text()
 
   def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
@@ -96,8 +105,20 @@ def create_app(model: FiFa, limits: Limits = Limits()) -> FastAPI:
   def info() -> dict:
     cfg = model.config
     return {"checkpoint": model.loaded.source, "tasks": list(tokens.TASKS),
+            "task_names": tokens.TASK_NAMES, "concepts": list(fict.NAMES),
             "image_size": cfg.image_size, "max_new_tokens": model.max_new_tokens,
-            "limits": dataclasses.asdict(limits)}
+            "limits": dataclasses.asdict(limits), "sample": sample is not None,
+            "palette": [list(c) for c in overlay.palette(12)]}  # the PNG overlays' colours
+
+  @app.get("/", response_class=HTMLResponse)
+  def index() -> str:
+    return page
+
+  @app.get("/sample")
+  def sample_face():
+    if sample is None:
+      return error(404, "this server offers no sample face (start it with --sample IMAGE)")
+    return FileResponse(sample)
 
   @app.post("/ask")
   async def ask(request: Request):
@@ -183,7 +204,8 @@ async def _fields(request: Request, body: bytes) -> tuple[dict, str]:
   return fields, name
 
 
-def serve(model: FiFa, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits()) -> None:
+def serve(model: FiFa, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
+          sample: str | Path | None = None) -> None:
   import uvicorn  # lazy: only the serving command needs the server
 
-  uvicorn.run(create_app(model, limits), host=host, port=port, log_level="info")
+  uvicorn.run(create_app(model, limits, sample), host=host, port=port, log_level="info")
