@@ -249,6 +249,9 @@ def read_meta(path: str | Path) -> dict:
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
     got = meta.get("format") if isinstance(meta, dict) else meta
     raise CheckpointError(f"{marker}: format {got!r}, expected {FORMAT!r}")
+  missing = [k for k in ("kind", "config") if k not in meta]
+  if missing:
+    raise CheckpointError(f"{marker}: missing {' and '.join(repr(k) for k in missing)}")
   return meta
 
 
@@ -297,7 +300,10 @@ def restore_model(path: str | Path, make: Callable[[Any], nnx.Module], config_cl
   meta = read_meta(path)
   if kind is not None and meta["kind"] != kind:
     raise CheckpointError(f"{path} holds a {meta['kind']!r} model, not {kind!r}")
-  config = config_from_dict(config_cls, meta["config"])
+  try:
+    config = config_from_dict(config_cls, meta["config"])
+  except CheckpointError as e:
+    raise CheckpointError(f"{path / MARKER}: {e}") from None
   model = nnx.eval_shape(lambda: make(config))
   state = nnx.state(model, WEIGHTS)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))

@@ -287,11 +287,12 @@ def train(
     typer.echo(f"fifa train: error: --workdir {workdir!r} is a file, not a folder", err=True)
     raise typer.Exit(code=2)
   # lazy: `--help` and the other commands load none of this
+  from fifa_jax.data.records import ShardError
   from fifa_jax.train import loop
 
   try:
     status = loop.train(cfg, workdir)
-  except (FileNotFoundError, NotADirectoryError) as e:  # a missing shard, tokenizer file, ...
+  except (FileNotFoundError, NotADirectoryError, ShardError) as e:  # a missing or cut shard, ...
     typer.echo(f"fifa train: error: {e}", err=True)
     raise typer.Exit(code=2)
   raise typer.Exit(code=status)

@@ -105,8 +105,19 @@ def _fields(cls: type, updates: Any, prefix: str) -> dict[str, Any]:
 
 
 def decode(cls: type, data: Any, prefix: str = "") -> Any:
-  """A `cls` instance from a mapping; missing fields take their defaults."""
-  return cls(**_fields(cls, data, prefix))
+  """A `cls` instance from a mapping; missing fields take their defaults, and a missing
+  field without one, or values the dataclass itself refuses, are a ConfigError."""
+  fields = _fields(cls, data, prefix)
+  required = [f.name for f in dataclasses.fields(cls) if f.init
+              and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+  missing = [n for n in required if n not in fields]
+  if missing:
+    where = prefix.rstrip(".") or cls.__name__
+    raise ConfigError(f"{where}: missing {', '.join(prefix + n for n in missing)}")
+  try:
+    return cls(**fields)
+  except (TypeError, ValueError) as e:  # the dataclass's own checks (__post_init__)
+    raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
 
 
 def override(obj: Any, updates: Any, prefix: str = "") -> Any:

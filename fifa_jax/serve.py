@@ -39,6 +39,7 @@ from fifa_jax import fict, tokens
 from fifa_jax.api import FaceError, FiFa, QueryError, on_photo, parse_query
 from fifa_jax.infer import faces as faces_lib
 from fifa_jax.infer import overlay
+from fifa_jax.infer.predict import check_size
 
 PAGE = Path(__file__).parent / "web" / "index.html"
 
@@ -132,11 +133,18 @@ def create_app(model: FiFa, limits: Limits = Limits(), sample: str | Path | None
     try:
       fields, name = await _fields(request, body)
       mode = faces_lib.check_mode(str(fields.pop("faces", limits.faces)).lower())
+    except QueryError as e:
+      return error(400, str(e))
+    try:  # from the header, before a small file decodes into a huge array
+      check_size(fields["image"], "image", max_side=limits.max_side)
+    except QueryError as e:
+      return error(413, str(e))
+    try:
       parsed = parse_query(fields)
     except QueryError as e:
       return error(400, str(e))
     h, w = parsed[0].rgb.shape[:2]
-    if max(h, w) > limits.max_side:
+    if max(h, w) > limits.max_side:  # formats whose header PIL does not read
       return error(413, f"image of {w}x{h} pixels exceeds the limit of {limits.max_side} a side")
     if mode == "none":
       pairs, photo = [(None, parsed)], None

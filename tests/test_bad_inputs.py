@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from fifa_jax.data import toy
 from fifa_jax.infer import predict
 
 FIFA = [sys.executable, "-m", "fifa_jax.cli"]
@@ -24,10 +25,15 @@ def fifa(*args) -> subprocess.CompletedProcess:
                         env={**os.environ, "XLA_FLAGS": ""})
 
 
-def one_clean_line(r: subprocess.CompletedProcess, *words: str) -> None:
+def one_clean_line(r: subprocess.CompletedProcess, *words: str, after_log: bool = False) -> None:
+  """Exit 2, no traceback, one line naming the problem (`after_log`: the run's own log
+  lines, such as `fifa train`'s device and model lines, may come before it)."""
   assert r.returncode == 2, (r.returncode, r.stderr[-1500:])
   assert "Traceback" not in r.stderr, r.stderr[-1500:]
   lines = [l for l in r.stderr.splitlines() if l.strip()]
+  if after_log:
+    assert sum("error" in l for l in lines) == 1, lines
+    lines = lines[-1:]
   assert len(lines) == 1, lines
   for w in words:
     assert w in lines[0], lines[0]
@@ -92,3 +98,37 @@ def test_unusual_images_are_read_as_8_bit_rgb(tmp_path):
   app1 = b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif
   (tmp_path / "rotated.jpg").write_bytes(jpg.tobytes()[:2] + app1 + jpg.tobytes()[2:])
   assert predict.read_image(tmp_path / "rotated.jpg").shape == (32, 24, 3)
+
+
+@pytest.mark.slow
+def test_model_folders_shards_and_huge_images(tmp_path, workdir):
+  # A model folder whose fifa_jax.json lacks fields: every loading command names the file.
+  model = tmp_path / "model"
+  model.mkdir()
+  (model / "fifa_jax.json").write_text('{"format": "fifa-jax/1", "kind": "fifa", "config": {"vit": {}}}')
+  cv2.imwrite(str(tmp_path / "face.png"), np.full((64, 64, 3), 128, np.uint8))
+  face = str(tmp_path / "face.png")
+  for args in (["infer", "--checkpoint", str(model), "--image", face, "--task", "det", "--out", str(tmp_path / "o")],
+               ["chat", "--checkpoint", str(model), "--image", face],
+               ["serve", "--checkpoint", str(model), "--port", "1"]):
+    one_clean_line(fifa(*args), "fifa_jax.json", "missing box, llama")
+  (model / "fifa_jax.json").write_text('{"format": "fifa-jax/1", "kind": "fifa"}')
+  one_clean_line(fifa("infer", "--checkpoint", str(model), "--image", face, "--task", "det",
+                      "--out", str(tmp_path / "o")), "fifa_jax.json", "missing 'config'")
+
+  # A shard cut short: training and evaluation name it.
+  data = toy.write_toy_dataset(tmp_path / "data", n_images=4, splits=("train",))
+  shard = sorted((data / "qa" / "train").glob("det-*.array_record"))[0]
+  shard.write_bytes(shard.read_bytes()[:3000])
+  one_clean_line(fifa("train", "--config", TINY, "--workdir", str(tmp_path / "w"),
+                      "--set", f"data.root={data}", "--set", "train.steps=1"),
+                 shard.name, "cut short", after_log=True)
+  one_clean_line(fifa("eval", "--checkpoint", str(workdir[0]), "--data", str(data),
+                      "--split", "train", "--out", str(tmp_path / "e"), "--tasks", "det"),
+                 shard.name, "cut short")
+
+  # 20000 x 20000 pixels in a 1-MB PNG: refused from its header, before decoding 400 MB.
+  huge = tmp_path / "huge.png"
+  cv2.imwrite(str(huge), np.zeros((20000, 20000), np.uint8))
+  one_clean_line(fifa("infer", "--checkpoint", str(model), "--image", str(huge), "--task", "det",
+                      "--out", str(tmp_path / "o")), "huge.png", "400 MP", "100 MP limit")

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import grain
 
 from fifa_jax import tokens
+from fifa_jax.data import records
 
 
 def task_files(qa_glob: str, root: str, split: str, task: str) -> list[str]:
@@ -36,6 +37,7 @@ def task_sources(qa_glob: str, root: str, split: str,
       pattern = qa_glob.format(root=root, split=split, task=task)
       raise FileNotFoundError(f"task {task!r} has weight {w} but no shards match {pattern!r} "
                               "(set its weight to 0 or fix data.qa_glob)")
+    records.check_shards(files)  # a shard cut short is named here, not deep inside grain
     out[task] = grain.sources.ArrayRecordDataSource(files)
   return out
 

@@ -395,13 +395,37 @@ def write_shard(path: str | os.PathLike, payloads: Iterable[bytes]) -> int:
   return n
 
 
-def read_shard(path: str | os.PathLike) -> list[bytes]:
+class ShardError(ValueError):
+  """A shard that cannot be read (cut short, or not a shard); the message names it."""
+
+
+def open_shard(path: str | os.PathLike):
+  """An ArrayRecordReader of `path`; a missing file or a broken shard is one clear error."""
   # lazy: as in write_shard
   from array_record.python.array_record_module import ArrayRecordReader
 
   if not Path(path).is_file():
     raise FileNotFoundError(f"shard {str(path)!r} does not exist")
   reader = ArrayRecordReader(str(path))
+  if not reader.ok():  # the reader defers its error (its size and footer checks) to close()
+    try:
+      reader.close()
+      why = "not ok"
+    except RuntimeError as e:
+      why = str(e)
+    raise ShardError(f"shard {str(path)!r} cannot be read ({why}): it was cut short or is not "
+                     "an ArrayRecord shard; rebuild it (`fifa data build` resumes)")
+  return reader
+
+
+def check_shards(paths: Iterable[str | os.PathLike]) -> None:
+  """Open and close each shard (reads only its footer), so a broken one is named up front."""
+  for p in paths:
+    open_shard(p).close()
+
+
+def read_shard(path: str | os.PathLike) -> list[bytes]:
+  reader = open_shard(path)
   try:
     return reader.read_all()
   finally:
@@ -517,10 +541,7 @@ class MaskStore:
       raise KeyError(f"image {image_id!r} is not in mask store {str(self.folder)!r}") from None
     reader = self._readers.get(shard)
     if reader is None:
-      # lazy: as in write_shard
-      from array_record.python.array_record_module import ArrayRecordReader
-
-      reader = self._readers[shard] = ArrayRecordReader(str(self.folder / self.shards[shard]))
+      reader = self._readers[shard] = open_shard(self.folder / self.shards[shard])
     return MaskEntry.from_bytes(reader.read([pos])[0])
 
   def close(self) -> None:
@@ -548,7 +569,8 @@ def cls_label_of(technique: str) -> int:
 
 
 __all__: Sequence[str] = (
-    "MASK_FORMAT", "QA_FORMAT", "SPLITS", "TECHNIQUE_CATEGORY", "RecordError",
+    "MASK_FORMAT", "QA_FORMAT", "SPLITS", "TECHNIQUE_CATEGORY", "RecordError", "ShardError",
+    "open_shard", "check_shards",
     "rle_encode", "rle_decode", "rle_area", "MaskEntry", "QARecord", "MaskStore",
     "write_shard", "read_shard", "write_qa_records", "read_qa_records",
     "make_qa_record", "cls_label_of",

@@ -10,6 +10,9 @@ the generated continuations of a batch line up.
 from __future__ import annotations
 
 import dataclasses
+import io
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +33,7 @@ class QueryError(ValueError):
 
 
 MIN_SIDE = 16  # pixels: a face smaller than this carries nothing to ask about
+MAX_PIXELS = 100_000_000  # an image larger than this (a 1-MB PNG can hold 400 MP) is refused unread
 
 
 @dataclasses.dataclass
@@ -91,11 +95,37 @@ def read_image(path) -> np.ndarray:
   return decode_image(np.fromfile(str(path), np.uint8).tobytes(), f"image {str(path)!r}")
 
 
-def decode_image(data: bytes, name: str = "the image") -> np.ndarray:
+def check_size(data: bytes, name: str = "the image", max_pixels: int = MAX_PIXELS,
+               max_side: int | None = None) -> None:
+  """Refuse an encoded image whose header says it is too large, before decoding it.
+  Formats PIL does not know are left to OpenCV."""
+  import PIL.Image  # lazy: only for the header; OpenCV decodes
+
+  too_large = f"over the {max_pixels / 1e6:.0f} MP limit; downscale it first"
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+      with PIL.Image.open(io.BytesIO(data)) as im:
+        w, h = im.size
+  except PIL.Image.DecompressionBombError as e:  # PIL's own limit (358 MP) is above ours
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "too large"
+    raise QueryError(f"{name} is {size}, {too_large}") from None
+  except (OSError, ValueError, SyntaxError):
+    return
+  if w * h > max_pixels:
+    raise QueryError(f"{name} is {w}x{h} pixels ({w * h / 1e6:.0f} MP), {too_large}")
+  if max_side is not None and max(w, h) > max_side:
+    raise QueryError(f"{name} of {w}x{h} pixels exceeds the limit of {max_side} a side")
+
+
+def decode_image(data: bytes, name: str = "the image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """RGB uint8 from encoded bytes (any format OpenCV reads; 16-bit, grey and alpha become
-  8-bit RGB, EXIF orientation applied); a clear error when they are not an image."""
+  8-bit RGB, EXIF orientation applied); a clear error when they are not an image, or when
+  the header says it is larger than `max_pixels` (checked before anything is decoded)."""
   img = None
   if data:
+    check_size(data, name, max_pixels)
     log = cv2.utils.logging
     level = log.getLogLevel()
     log.setLogLevel(log.LOG_LEVEL_SILENT)  # our message below says it; OpenCV's would repeat it
