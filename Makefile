@@ -47,7 +47,8 @@ $(PREP)/.installed: data_prep/requirements.txt pyproject.toml
 
 test: test-main test-prep
 
-test-main: main-env
+# The main suite needs .venv-prep too: the face finder and the web test run the annotator there.
+test-main: main-env prep-env
 	$(VENV)/bin/python -m pytest -q tests --ignore=tests/prep $(PYTEST_ARGS)
 
 test-prep: prep-env
