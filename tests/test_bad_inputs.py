@@ -52,7 +52,11 @@ def test_weights_files_that_are_not_weights(tmp_path):
   garbage = tmp_path / "garbage.bin"
   garbage.write_bytes(b"garbage" * 10)
   one_clean_line(fifa("convert", "llama", str(garbage), str(tmp_path / "o3")), "garbage.bin")
-  for out in ("o1", "o2", "o3"):  # nothing written half-way
+  cut_pth = tmp_path / "cut.pth"  # the first 100 bytes of a zip archive
+  cut_pth.write_bytes(b"PK\x03\x04" + b"\0" * 96)
+  one_clean_line(fifa("convert", "farl", str(cut_pth), str(tmp_path / "o4")), "cut.pth",
+                 "not a whole PyTorch checkpoint")
+  for out in ("o1", "o2", "o3", "o4"):  # nothing written half-way
     assert not (tmp_path / out).exists() or not any((tmp_path / out).iterdir())
 
 

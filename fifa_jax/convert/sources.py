@@ -229,6 +229,9 @@ def _torch_load(path: Path, subkey: str | None, allow_pickle: bool) -> Mapping[s
 
 
 def _pickle_error(path: Path, e: Exception) -> ConversionError:
+  if "central directory" in str(e) or "PytorchStreamReader" in str(e):  # a zip cut short
+    return ConversionError(f"{path}: not a whole PyTorch checkpoint (its zip archive is cut short "
+                           "or damaged); copy or download it again")
   return ConversionError(
       f"{path}: torch.load(weights_only=True) refused it ({type(e).__name__}: {str(e)[:200]}); "
       "if you trust the file, pass allow_pickle=True (CLI: --allow-pickle)")
