@@ -98,7 +98,7 @@ class Answer:
                      for g in self.grounded],
         "det_probs": self.det_probs, "cls_probs": self.cls_probs,
         "checkpoint": self.source, "image": image_name, "size": [h, w],
-        "face": self.face.to_json() if self.face else None}
+        **({"face": self.face.to_json()} if self.face else {})}
 
 
 class FiFa:
