@@ -125,6 +125,11 @@ def create_app(model: FiFa, limits: Limits = Limits(), sample: str | Path | None
   async def ask(request: Request):
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+      if int(length) <= 2 * limits.max_body_bytes:
+        # Read a body not far over the limit before answering: a client still sending
+        # when the server answers and closes sees a reset instead of the 413.
+        async for _ in request.stream():
+          pass
       return error(413, f"request body of {int(length)} bytes exceeds the limit of "
                         f"{limits.max_body_bytes}")
     body = await request.body()

@@ -90,8 +90,9 @@ class _Compiled:
   """The step compiled once per batch shape (one per length bucket), with its model
   FLOPs per device."""
 
-  def __init__(self, fn, llama=None, train_base: bool = False):
+  def __init__(self, fn, llama=None, train_base: bool = False, timeout_s: int = 600):
     self.fn, self.cache, self.llama, self.train_base = fn, {}, llama, train_base
+    self.timeout_s = timeout_s
 
   def __call__(self, state, batch):
     key = tuple((k, v.shape) for k, v in sorted(batch.items()))
@@ -103,6 +104,9 @@ class _Compiled:
         flops = metrics_lib.model_flops(self.llama, b, t, train_base=self.train_base)
         flops /= jax.device_count()
       self.cache[key] = (compiled, flops)
+      # Processes compile at their own pace; the step's first collective must not wait
+      # on a peer still compiling (XLA's Gloo gives a peer 30 s to join a collective).
+      distributed.barrier(f"fifa-compiled-{len(self.cache)}", self.timeout_s)
     compiled, flops = self.cache[key]
     self.flops = flops
     return compiled(state, batch)
@@ -171,10 +175,13 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
 
   it = pipeline.iterate(pipeline_config(cfg, cfg.data.split), layout, jax.process_index(),
                         jax.process_count(), state=data_state or None)
+  # The first batch's length is agreed by a collective: start it together (see _Compiled).
+  distributed.barrier("fifa-ready", cfg.distributed.timeout_s)
   sched = optim.schedule(cfg.optim, cfg.train.steps)
   weights = cfg.loss
   train_step = _Compiled(step_lib.make_train_step(setup, weights, cfg.train.grad_accum, sched),
-                         fcfg.llama, train_base=cfg.model.train_llm)
+                         fcfg.llama, train_base=cfg.model.train_llm,
+                         timeout_s=cfg.distributed.timeout_s)
   eval_step = step_lib.make_eval_step(setup, weights) if cfg.train.eval_every else None
   writer = metrics_lib.MetricsWriter(local_dir(workdir))
   peak = metrics_lib.peak_tflops(cfg.bench.peak_tflops)
