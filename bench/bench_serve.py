@@ -11,15 +11,13 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures as cf
+import contextlib
 import json
-import socket
-import threading
 import time
 import urllib.request
 
 import cv2
 import numpy as np
-import uvicorn
 
 from fifa_jax import api, serve as serve_lib
 
@@ -34,14 +32,8 @@ def main(argv=None) -> int:
   p.add_argument("--tasks", default="det,cls,i-loc,i-age")
   a = p.parse_args(argv)
   model = api.FiFa.load(a.checkpoint, max_new_tokens=a.max_new_tokens)
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  srv = uvicorn.Server(uvicorn.Config(serve_lib.create_app(model), host="127.0.0.1", port=port,
-                                      log_level="warning"))
-  threading.Thread(target=srv.run, daemon=True).start()
-  while not srv.started:
-    time.sleep(0.05)
+  stack = contextlib.ExitStack()  # the server stops when the measurement is done
+  url = stack.enter_context(serve_lib.in_background(serve_lib.create_app(model)))
   rgb = (api.to_rgb(a.image) if a.image else
          np.random.default_rng(0).integers(0, 255, (256, 256, 3), np.uint8))
   image = base64.b64encode(cv2.imencode(".png", rgb[..., ::-1])[1].tobytes()).decode()
@@ -49,7 +41,7 @@ def main(argv=None) -> int:
 
   def one(i: int) -> float:
     body = json.dumps({"image": image, "task": tasks[i % len(tasks)]}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/ask", data=body,
+    req = urllib.request.Request(url + "/ask", data=body,
                                  headers={"Content-Type": "application/json"})
     t0 = time.perf_counter()
     with urllib.request.urlopen(req, timeout=600) as r:
@@ -65,7 +57,7 @@ def main(argv=None) -> int:
   print(f"{a.requests} requests at concurrency {a.concurrency} ({model.loaded.source}, "
         f"{a.max_new_tokens} new tokens): p50 {np.percentile(lat, 50):.0f} ms, "
         f"p95 {np.percentile(lat, 95):.0f} ms, {a.requests / wall:.1f} requests/s")
-  srv.should_exit = True
+  stack.close()
   return 0
 
 

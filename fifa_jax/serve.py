@@ -26,10 +26,14 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import json
 import queue
+import socket
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -215,6 +219,29 @@ async def _fields(request: Request, body: bytes) -> tuple[dict, str]:
     raise QueryError(f"unknown fields {sorted(unknown)}; expected image, task or question, region, "
                      "box, faces")
   return fields, name
+
+
+@contextlib.contextmanager
+def in_background(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
+  """Run `app` on a free port in a thread of this process (tests, benchmarks, scripts);
+  yields its base URL and stops it on exit."""
+  import uvicorn  # lazy: only serving needs the server
+
+  with socket.socket() as s:
+    s.bind((host, 0))
+    port = s.getsockname()[1]
+  server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+  thread = threading.Thread(target=server.run, daemon=True)
+  thread.start()
+  while not server.started:
+    if not thread.is_alive():
+      raise RuntimeError(f"the server on {host}:{port} did not start")
+    time.sleep(0.05)
+  try:
+    yield f"http://{host}:{port}"
+  finally:
+    server.should_exit = True
+    thread.join(timeout=10)
 
 
 def serve(model: FiFa, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
-import threading
-import time
 
-import uvicorn
 from playwright.sync_api import sync_playwright
 
 from fifa_jax import api, serve as serve_lib
@@ -28,20 +24,13 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
 
   model = api.FiFa.load(args.checkpoint, max_new_tokens=160)
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
   app = serve_lib.create_app(model, serve_lib.Limits(faces="largest"), sample=args.photo)
-  srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-  threading.Thread(target=srv.run, daemon=True).start()
-  while not srv.started:
-    time.sleep(0.05)
   x1, y1, x2, y2 = (float(v) for v in args.box.split(","))
-  with sync_playwright() as pw:
+  with serve_lib.in_background(app) as url, sync_playwright() as pw:
     browser = pw.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
                                  args=["--no-sandbox", "--disable-gpu"])
     page = browser.new_page(viewport={"width": 1400, "height": 640})
-    page.goto(f"http://127.0.0.1:{port}/")
+    page.goto(url + "/")
     page.wait_for_function("document.querySelectorAll('#task option').length === 12")
     page.set_input_files("#file", args.photo)
     page.wait_for_function("!document.getElementById('ask').disabled")
@@ -58,7 +47,6 @@ def main(argv=None) -> int:
     page.wait_for_selector("#answer[data-ready='1']", timeout=300_000)
     page.screenshot(path=args.out, full_page=True)
     browser.close()
-  srv.should_exit = True
   model.close()
   print(f"wrote {args.out}")
   return 0

@@ -8,8 +8,6 @@ from __future__ import annotations
 import base64
 import concurrent.futures as cf
 import json
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,30 +23,12 @@ from fifa_jax import api, serve as serve_lib
 N = 6
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(workdir):
-  import uvicorn
-
   model = api.FiFa.load(workdir[0], max_new_tokens=N)
   limits = serve_lib.Limits(max_body_bytes=2 * 2**20, max_side=512, max_batch=8, max_waiting=64)
-  port = _free_port()
-  srv = uvicorn.Server(uvicorn.Config(serve_lib.create_app(model, limits), host="127.0.0.1",
-                                      port=port, log_level="warning"))
-  thread = threading.Thread(target=srv.run, daemon=True)
-  thread.start()
-  for _ in range(200):
-    if srv.started:
-      break
-    time.sleep(0.05)
-  yield f"http://127.0.0.1:{port}", model
-  srv.should_exit = True
-  thread.join(timeout=10)
+  with serve_lib.in_background(serve_lib.create_app(model, limits)) as url:
+    yield url, model
 
 
 def _post(url: str, data: bytes, kind: str = "application/json") -> tuple[int, dict]:

@@ -11,10 +11,7 @@ checked pixel by pixel.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -67,23 +64,10 @@ def astronaut(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(astronaut):
-  import uvicorn
-
   model = ScriptedModel()
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
   app = serve_lib.create_app(model, serve_lib.Limits(), sample=astronaut)
-  srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-  thread = threading.Thread(target=srv.run, daemon=True)
-  thread.start()
-  for _ in range(200):
-    if srv.started:
-      break
-    time.sleep(0.05)
-  yield f"http://127.0.0.1:{port}", model
-  srv.should_exit = True
-  thread.join(timeout=10)
+  with serve_lib.in_background(app) as url:
+    yield url, model
 
 
 @pytest.fixture(scope="module")
