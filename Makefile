@@ -18,10 +18,21 @@ help:
 	@echo "make demo   run the main job end to end on the embedded default data"
 	@echo "make test   run the whole test suite (what CI runs)"
 	@echo "make check  the quick tier for the inner loop: every test not marked slow (under 5 minutes)"
-	@echo "make env    create .venv and .venv-prep (done by demo/test when missing)"
+	@echo "make env    create .venv and .venv-prep (done by demo/test when missing);"
+	@echo "            ACCEL=cuda12|cuda13|tpu adds jax's accelerator extra (default cpu)"
+
+# The accelerator of .venv's jax: cpu (the default), or jax's own extras for CUDA 12/13
+# GPUs and Cloud TPU, installed at the jax version of requirements.txt:
+#   make env ACCEL=cuda12      (make -n env ACCEL=tpu shows the commands)
+ACCEL ?= cpu
+ACCELS := cpu cuda12 cuda13 tpu
+ifeq ($(filter $(ACCEL),$(ACCELS)),)
+$(error ACCEL=$(ACCEL): expected one of $(ACCELS))
+endif
+JAX_VERSION = $(shell sed -n 's/^jax==//p' requirements.txt)
 
 env: main-env prep-env
-main-env: $(VENV)/.installed
+main-env: $(VENV)/.installed $(if $(filter-out cpu,$(ACCEL)),$(VENV)/.accel-$(ACCEL))
 prep-env: $(PREP)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -37,6 +48,12 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	  || echo "warning: no Chromium; tests/test_web.py will fail until it is installed"
 	touch $@
 
+# jax[cuda12] / jax[tpu] on top of the CPU install: the same jax, its plugin and libraries.
+$(VENV)/.accel-%: $(VENV)/.installed
+	$(VENV)/bin/python -m pip install -q "jax[$*]==$(JAX_VERSION)"
+	$(VENV)/bin/python -c "import jax; print('jax', jax.__version__, 'devices:', jax.devices())"
+	touch $@
+
 $(PREP)/.installed: data_prep/requirements.txt pyproject.toml
 	test -x $(PREP)/bin/python || $(PYTHON) -m venv $(PREP)
 	$(PREP)/bin/python -m pip install -q --upgrade pip
@@ -48,8 +65,14 @@ $(PREP)/.installed: data_prep/requirements.txt pyproject.toml
 test: test-main test-prep
 
 # The main suite needs .venv-prep too: the face finder and the web test run the annotator there.
+# Two pytest workers, a test file each at a time (module fixtures and compiled functions stay
+# shared within a file; XLA compiles on one core, so two workers nearly halve the time); then,
+# alone, the tests marked serial (processes that meet in collectives with a deadline).
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadfile
 test-main: main-env prep-env
-	$(VENV)/bin/python -m pytest -q tests --ignore=tests/prep $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q tests --ignore=tests/prep -m "not serial" $(XDIST) $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q tests --ignore=tests/prep -m serial $(PYTEST_ARGS)
 
 test-prep: prep-env
 	$(PREP)/bin/python -m pytest -q tests/prep $(PYTEST_ARGS)
@@ -57,7 +80,7 @@ test-prep: prep-env
 # The quick tier: parity, invariants and error paths on tiny configs; the slow
 # marker keeps out training runs, multi-process runs and the biggest parity checks.
 check: env
-	$(VENV)/bin/python -m pytest -q tests --ignore=tests/prep -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q tests --ignore=tests/prep -m "not slow" $(XDIST) $(PYTEST_ARGS)
 	$(PREP)/bin/python -m pytest -q tests/prep -m "not slow" $(PYTEST_ARGS)
 
 demo: env

@@ -1,7 +1,7 @@
 """Forgery explanations, Steps 3 and 4 of FiFa-Annotator (Section 3.2, Tables 13-14).
 
 * the prompts of Tables 13-14 and their messages for `ChatClient`
-  (data_prep/llm_client.py: any OpenAI-compatible endpoint, cached, retried);
+  (fifa_jax/endpoint.py: any OpenAI-compatible endpoint, cached, retried);
 * `OfflineExplainer`: a deterministic template explainer over concept names and
   artifact statistics, for tests and the demo.  Its text is not an LLM's and
   says nothing a person checked; records made with it carry its name.
@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from data_prep.llm_client import ChatClient, ExplainError, Usage  # noqa: F401 (re-exported)
+from fifa_jax.endpoint import ChatClient, ExplainError, Usage  # noqa: F401 (re-exported)
 from fifa_jax import tokens
 
 P_OPEN, P_CLOSE, SEG = "<p>", "</p>", "[SEG]"

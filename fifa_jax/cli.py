@@ -32,8 +32,11 @@ data_app = typer.Typer(help="Build and inspect FiFa-11 datasets (ArrayRecord sha
                        no_args_is_help=True)
 convert_app = typer.Typer(help="Convert weights to and from PyTorch / Hugging Face.",
                           no_args_is_help=True)
+agent_app = typer.Typer(help="Deepfake-Agent: forensic experts' reports, aggregated into one verdict.",
+                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(convert_app, name="convert")
+app.add_typer(agent_app, name="agent")
 
 
 # ---------------------------------------------------------------------------
@@ -547,6 +550,118 @@ def serve(
   typer.echo(f"fifa serve: {model.loaded.source} on http://{host}:{port} (the web page at /; "
              "POST /ask, GET /health, GET /info)")
   serve_lib.serve(model, host, port, limits, sample)
+
+
+# ---------------------------------------------------------------------------
+# agent: Deepfake-Agent (docs/agent.md)
+
+AGENT_CONFIG_HELP = "Agent YAML: the experts and their endpoints (docs/agent.md)."
+AGGREGATOR_HELP = "Aggregators, comma-separated: vote, confidence."
+
+
+def _agent_errors():
+  # lazy: `--help` and the other commands load none of this
+  from fifa_jax import schema
+  from fifa_jax.agent.reports import ReportError
+  from fifa_jax.infer import load as load_lib
+  from fifa_jax.infer import predict
+  return (schema.ConfigError, ReportError, load_lib.CheckpointError, predict.QueryError,
+          ValueError, FileNotFoundError)
+
+
+def _aggregators(names: str) -> list[str]:
+  from fifa_jax.agent import evaluate  # lazy: as above
+  chosen = [n.strip() for n in names.split(",") if n.strip()]
+  for n in chosen:
+    if n not in evaluate.AGGREGATORS:
+      raise ValueError(f"--aggregator {n!r} is not one of {', '.join(evaluate.AGGREGATORS)}")
+  return chosen
+
+
+@agent_app.command("run")
+def agent_run(
+    image: str = typer.Option(..., help="The image to judge (a photo: faces are found by the face expert)."),
+    config: str = typer.Option(..., help=AGENT_CONFIG_HELP),
+    out: str = typer.Option(..., help="Folder for reports.jsonl, verdict.json and evidence.png."),
+    aggregator: str = typer.Option("vote,confidence", help=AGGREGATOR_HELP),
+) -> None:
+  """One image: each expert's report, the verification rounds, each aggregator's verdict."""
+  from fifa_jax.agent import build, run as agent_run_lib  # lazy: as above
+
+  try:
+    if not Path(image).is_file():
+      raise FileNotFoundError(f"--image {image!r} does not exist")
+    cfg = build.load(config)
+    aggregators = _aggregators(aggregator)
+    result = agent_run_lib.run_one(build.experts(cfg, Path(config).parent), image, out, aggregators,
+                                   cfg.accuracy, cfg.tie)
+  except _agent_errors() as e:
+    typer.echo(f"fifa agent run: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  for r in result["reports"]:
+    p = f", p_fake {r.p_fake:.3f}" if r.p_fake is not None else ""
+    typer.echo(f"[{r.expert}] {r.label}{p}: {r.text or r.meta.get('reason', '')}")
+    for rnd in r.meta.get("rounds", []):
+      typer.echo(f"    round {rnd['round']}: {rnd['decision']}"
+                 + (f", {rnd['verification']}" if "verification" in rnd else "")
+                 + (f", box {rnd['box']}" if rnd.get("box") else ""))
+    if "stop" in r.meta:
+      typer.echo(f"    stopped: {r.meta['stop']}")
+  for name, v in result["verdicts"].items():
+    p = f" (p_fake {v['p_fake']:.3f})" if v["p_fake"] is not None else ""
+    typer.echo(f"verdict by {name}: {v['label']}{p}")
+  typer.echo(f"wrote {out}/reports.jsonl, verdict.json, evidence.png")
+
+
+@agent_app.command("reports")
+def agent_reports(
+    manifest: str = typer.Option(..., help="JSONL, one image per line: {\"image\": path, \"label\": ..., \"domain\": ...}."),
+    config: str = typer.Option(..., help=AGENT_CONFIG_HELP),
+    out: str = typer.Option(..., help="Reports JSONL, appended as they come; a rerun asks only for what it lacks."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+  """Every expert's report on every image of a manifest (resumable)."""
+  from fifa_jax.agent import build, run as agent_run_lib  # lazy: as above
+
+  try:
+    rows = agent_run_lib.read_manifest(manifest)
+    cfg = build.load(config)
+    counts = agent_run_lib.collect(build.experts(cfg, Path(config).parent), rows, out, progress=progress)
+  except _agent_errors() as e:
+    typer.echo(f"fifa agent reports: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  typer.echo(f"{counts['written']} reports written ({counts['abstained']} abstentions), "
+             f"{counts['skipped']} already in {out}")
+
+
+@agent_app.command("eval")
+def agent_eval(
+    manifest: str = typer.Option(..., help="JSONL with each image's \"label\" (real/fake) and \"domain\"."),
+    reports: str = typer.Option(..., help="Reports JSONL (from `fifa agent reports`)."),
+    out: str = typer.Option(..., help="Folder for report.md and report.json."),
+    aggregator: str = typer.Option("vote,confidence", help=AGGREGATOR_HELP),
+    config: Optional[str] = typer.Option(None, help="Agent YAML, for the experts' dev accuracy (confidence weighting) and the tie rule."),
+    accuracy_from: Optional[str] = typer.Option(None, help="report.json of an earlier `fifa agent eval` on a development split: "
+                                                           "each expert's Acc. there weighs it in confidence weighting."),
+) -> None:
+  """Acc., F1, Precision and Recall per domain, per expert and per aggregator (abstentions shown)."""
+  from fifa_jax.agent import build, evaluate, reports as reports_lib, run as agent_run_lib  # lazy: as above
+
+  try:
+    rows = agent_run_lib.read_manifest(manifest, need_label=True)
+    found = list(reports_lib.read_reports(reports))
+    aggregators = _aggregators(aggregator)
+    cfg = build.load(config) if config else None
+    accuracy = dict(cfg.accuracy) if cfg else {}
+    if accuracy_from:
+      accuracy.update(evaluate.dev_accuracy(accuracy_from))
+    result = evaluate.evaluate(rows, found, aggregators, accuracy, cfg.tie if cfg else "fake")
+  except _agent_errors() as e:
+    typer.echo(f"fifa agent eval: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  evaluate.write(result, out)
+  typer.echo(evaluate.markdown(result), nl=False)
+  typer.echo(f"wrote {out}/report.md and report.json")
 
 
 # `fifa convert farl|llama|sam|model|peft` live in fifa_jax/convert/cli.py.

@@ -5,6 +5,17 @@ from __future__ import annotations
 import shlex
 
 
+def _cd(repo_dir: str) -> str:
+  # A leading ~/ stays unquoted so the remote shell expands it.
+  where = "~/" + shlex.quote(repo_dir[2:]) if repo_dir.startswith("~/") else shlex.quote(repo_dir)
+  return f"cd {where} && "
+
+
+def setup_command(repo_dir: str, accel: str) -> str:
+  """Bring the checkout up to date and install .venv with jax for `accel` (cuda12, tpu...)."""
+  return _cd(repo_dir) + f"git pull --ff-only && make main-env ACCEL={shlex.quote(accel)}"
+
+
 def train_command(repo_dir: str, config: str, workdir: str, overrides: list[str],
                   python: str = ".venv/bin/python") -> str:
   """`cd REPO && python -m fifa_jax.cli train ...` with jax.distributed turned on."""
@@ -12,6 +23,4 @@ def train_command(repo_dir: str, config: str, workdir: str, overrides: list[str]
           "--set", "distributed.initialize=true"]
   for o in overrides:
     args += ["--set", o]
-  # A leading ~/ stays unquoted so the remote shell expands it.
-  where = "~/" + shlex.quote(repo_dir[2:]) if repo_dir.startswith("~/") else shlex.quote(repo_dir)
-  return f"cd {where} && " + " ".join(shlex.quote(a) for a in args)
+  return _cd(repo_dir) + " ".join(shlex.quote(a) for a in args)

@@ -9,7 +9,9 @@ would submit it).  `srun` starts one `fifa train` per node;
 node as coordinator).  SLURM sends SIGTERM 120 s before the time limit
 (`--signal`), `fifa train` then saves and exits 143, and `--requeue` lets the
 job restart and resume from that checkpoint.  The workdir must be on a file
-system all nodes share.
+system all nodes share.  `--setup` first runs `git pull && make main-env
+ACCEL=cuda12` (or `--accel cuda13`) on every node, which installs jax's CUDA
+extra into .venv (with a shared checkout, one node's install serves all).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import train_command  # noqa: E402
+from common import setup_command, train_command  # noqa: E402
 
 
 def script(a) -> str:
@@ -43,6 +45,11 @@ def script(a) -> str:
   lines += [
       "set -euo pipefail",
       f"mkdir -p {shlex.quote(a.workdir)}",
+  ]
+  if a.setup:
+    # Once: the checkout and its .venv are on the shared file system, like the workdir.
+    lines.append("srun --nodes=1 --ntasks=1 bash -c " + shlex.quote(setup_command(a.repo_dir, a.accel)))
+  lines += [
       "srun --kill-on-bad-exit=1 bash -c " + shlex.quote(
           train_command(a.repo_dir, a.config, a.workdir, a.set)),
   ]
@@ -61,6 +68,9 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", required=True, help="on a file system all nodes share")
   p.add_argument("--repo-dir", default=str(Path(__file__).resolve().parent.parent))
   p.add_argument("--set", action="append", default=[], help="passed to fifa train --set")
+  p.add_argument("--setup", action="store_true", help="git pull and make main-env ACCEL=... (once, on the first node) first")
+  p.add_argument("--accel", choices=("cuda12", "cuda13"), default="cuda12",
+                 help="jax's CUDA extra for --setup (default cuda12)")
   p.add_argument("--dry-run", action="store_true", help="print the script and the sbatch line, run nothing")
   a = p.parse_args(argv)
   text = script(a)

@@ -11,8 +11,8 @@ runs (or with --dry-run only prints):
 
 Every worker runs the same command; `jax.distributed.initialize()` finds the
 slice's coordinator by itself on Cloud TPU.  The repository and its .venv must
-already be on every worker at --repo-dir (e.g. `--setup` runs `git pull && make
-main-env` there first).  The workdir must be shared by all workers (a gs://
+already be on every worker at --repo-dir; `--setup` first runs `git pull && make
+main-env ACCEL=tpu` there, which installs jax's TPU extra (libtpu) into .venv.  The workdir must be shared by all workers (a gs://
 bucket): orbax writes one checkpoint from all of them.
 """
 
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import train_command  # noqa: E402
+from common import setup_command, train_command  # noqa: E402
 
 
 def commands(a) -> list[list[str]]:
@@ -35,7 +35,7 @@ def commands(a) -> list[list[str]]:
   base.append("--worker=all")
   out = []
   if a.setup:
-    out.append(base + [f"--command=cd {shlex.quote(a.repo_dir)} && git pull --ff-only && make main-env"])
+    out.append(base + ["--command=" + setup_command(a.repo_dir, "tpu")])
   out.append(base + ["--command=" + train_command(a.repo_dir, a.config, a.workdir, a.set)])
   return out
 
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", required=True, help="shared by all workers (gs://...)")
   p.add_argument("--repo-dir", default="~/fifa-jax")
   p.add_argument("--set", action="append", default=[], help="passed to fifa train --set")
-  p.add_argument("--setup", action="store_true", help="git pull and make main-env on every worker first")
+  p.add_argument("--setup", action="store_true", help="git pull and make main-env ACCEL=tpu on every worker first")
   p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
   a = p.parse_args(argv)
   for cmd in commands(a):

@@ -67,5 +67,16 @@ with faces.FaceFinder() as finder:
 crop = cv2.resize(faces.crop_face(rgb, face), (256, 256), interpolation=cv2.INTER_AREA)
 cv2.imwrite(f"{out}/astronaut_face.png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
 EOF
+
+step "10. Deepfake-Agent: the demo model as face expert beside a scripted semantic expert; vote and confidence"
+$py scripts/demo_agent.py "$out"
+$fifa agent reports --manifest "$out/agent/dev.jsonl" --config "$out/agent/agent.yaml" --out "$out/agent/dev_reports.jsonl" --no-progress
+$fifa agent eval --manifest "$out/agent/dev.jsonl" --reports "$out/agent/dev_reports.jsonl" --out "$out/agent/dev" > /dev/null
+$fifa agent reports --manifest "$out/agent/test.jsonl" --config "$out/agent/agent.yaml" --out "$out/agent/reports.jsonl" --no-progress
+$fifa agent eval --manifest "$out/agent/test.jsonl" --reports "$out/agent/reports.jsonl" --out "$out/agent" \
+  --accuracy-from "$out/agent/dev/report.json"
+$fifa agent run --image "$out/synth/$(sed -n 's/.*"image": "\([^"]*\)".*/\1/p' "$out/agent/test.jsonl" | head -1)" \
+  --config "$out/agent/agent.yaml" --out "$out/agent/run"
+
 echo
 echo "demo outputs: $out/ (learning curve: $out/train/learning_curve.png; eval overlays: $out/eval/overlays/)"

@@ -129,3 +129,58 @@ def test_slurm_launcher_dry_run_two_nodes_of_four_gpus():
                      "configs/gpu_4x_h800.yaml --workdir /shared/run --set distributed.initialize=true "
                      "--set train.steps=100")
   assert lines[-1].startswith("# would run: sbatch")
+
+
+def test_launchers_setup_installs_the_accelerators_jax():
+  tpu = run_launcher("launch/tpu.py", "--tpu", "t", "--zone", "z", "--config", "c.yaml",
+                     "--workdir", "gs://b/r", "--setup", "--dry-run").strip().splitlines()
+  assert len(tpu) == 2 and "--worker=all" in shlex.split(tpu[0])
+  assert shlex.split(tpu[0])[-1] == "--command=cd ~/fifa-jax && git pull --ff-only && make main-env ACCEL=tpu"
+  slurm = run_launcher("launch/slurm.py", "--nodes", "2", "--config", "c.yaml", "--workdir", "/w",
+                       "--repo-dir", "/shared/fifa", "--setup", "--accel", "cuda13", "--dry-run").splitlines()
+  setup = [i for i, line in enumerate(slurm) if "make main-env" in line]
+  train = [i for i, line in enumerate(slurm) if "fifa_jax.cli train" in line]
+  assert len(setup) == 1 and setup[0] < train[0]
+  assert shlex.split(slurm[setup[0]]) == ["srun", "--nodes=1", "--ntasks=1", "bash", "-c",
+                                          "cd /shared/fifa && git pull --ff-only && make main-env ACCEL=cuda13"]
+
+
+def _make(*args):
+  return subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("accel", ["cuda12", "cuda13", "tpu"])
+def test_make_env_accel_installs_jax_extra_at_the_pinned_version(accel):
+  pinned = [line.split("==")[1] for line in (REPO / "requirements.txt").read_text().splitlines()
+            if line.startswith("jax==")][0]
+  r = _make("main-env", f"ACCEL={accel}", f"VENV={REPO}/.no-such-venv")
+  assert r.returncode == 0, r.stderr
+  assert f'pip install -q "jax[{accel}]=={pinned}"' in r.stdout
+  assert "jax[" not in _make("main-env", f"VENV={REPO}/.no-such-venv").stdout  # cpu: no extra
+
+
+def test_make_env_rejects_an_unknown_accelerator():
+  r = _make("env", "ACCEL=rocm")
+  assert r.returncode == 2 and "ACCEL=rocm: expected one of cpu cuda12 cuda13 tpu" in r.stderr
+
+
+def test_pyproject_dependencies_hold_the_tested_pins():
+  """`pip install .` asks for what requirements.txt pins (lower bounds it satisfies)."""
+  import tomllib
+  from packaging.requirements import Requirement
+  project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+  pins = {}
+  for line in (REPO / "requirements.txt").read_text().splitlines():
+    if "==" in line and not line.startswith("#"):
+      name, version = line.split("==")
+      pins[name.strip().lower().replace("_", "-")] = version.strip()
+  extras = project["optional-dependencies"]
+  assert {"cuda12", "cuda13", "tpu"} <= set(extras)
+  for spec in project["dependencies"] + extras["test"] + extras["torch"] + extras["tfds"]:
+    req = Requirement(spec)
+    name = req.name.lower().replace("_", "-")
+    if name in pins:
+      assert req.specifier.contains(pins[name]), f"{spec} excludes the tested {name}=={pins[name]}"
+  required = {Requirement(s).name.lower() for s in project["dependencies"]}
+  for module_dep in ("jax", "flax", "optax", "orbax-checkpoint", "grain", "transformers", "typer", "fastapi"):
+    assert module_dep in required

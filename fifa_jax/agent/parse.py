@@ -44,6 +44,7 @@ class Verification:
   decision: str
   reasoning: str
   confirmed: bool
+  box: tuple[float, float, float, float] | None = None  # a refined box, where the model gives one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,11 +137,18 @@ def adjudication(text: str) -> Adjudication:
 
 
 def verification(text: str) -> Verification:
-  d, r, v = fields(text, ("Decision", "Reasoning", "Verification"))
+  """The prompt asks for three fields; a refined `Bounding Box:` after them is taken too
+  (the supplement's rounds move the box: its Fig. 1)."""
+  try:
+    d, r, v, b = fields(text, ("Decision", "Reasoning", "Verification", "Bounding Box"))
+  except ParseError:
+    d, r, v = fields(text, ("Decision", "Reasoning", "Verification"))
+    b = ""
   v = v.strip().rstrip(".").lower()
   if v not in ("confirmed", "refuted"):
     raise ParseError(f"Verification {v!r} is not confirmed or refuted")
-  return Verification(decision(d), _reasoning(r), v == "confirmed")
+  refined = None if b.strip().lower() in NO_BOX else box(b)
+  return Verification(decision(d), _reasoning(r), v == "confirmed", refined)
 
 
 def aggregation(text: str) -> Aggregation:

@@ -1,0 +1,118 @@
+"""The agent's YAML: which experts, and how aggregation weighs them.
+
+  experts:
+    face:     {kind: face, checkpoint: demo_out/train, faces: all}
+    semantic:
+      kind: semantic
+      proposers:
+        - {base_url: https://api.openai.com/v1, model: gpt-4o, api_key_env: OPENAI_API_KEY}
+        - {base_url: http://localhost:8001/v1, model: gemini-2.0-pro, api_key_env: GEMINI_API_KEY}
+      adjudicator: {base_url: http://localhost:8002/v1, model: llava-v1.6-34b}
+      occlusion: mean      # mean | blur | inpaint
+      max_rounds: 3
+    edit:     {kind: command, command: [/opt/fakeshield/.venv/bin/python, drivers/fakeshield.py]}
+    ps:       {kind: precomputed, reports: ps_reports.jsonl}
+    scripted: {kind: scripted-semantic, truth: manifest.jsonl}   # offline stand-in (scripted.py)
+  accuracy: {face: 0.92, semantic: 0.71}   # development-set accuracy, for confidence weighting
+  cache_dir: agent_cache                   # endpoint answers, so a rerun sends nothing
+
+Keys are checked strictly (schema.py): a misspelt one is named, with the nearest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fifa_jax import schema
+from fifa_jax.agent import semantic
+
+EXPERT_KINDS = ("face", "semantic", "scripted-semantic", "command", "precomputed")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertConfig:
+  kind: str
+  checkpoint: str | None = None  # face
+  faces: str = "all"  # face
+  max_new_tokens: int = 160  # face
+  proposers: tuple[semantic.Role, semantic.Role] | None = None  # semantic
+  adjudicator: semantic.Role | None = None  # semantic
+  occlusion: str = "mean"  # semantic
+  max_rounds: int = 3  # semantic
+  stable_iou: float = 0.9  # semantic
+  command: list[str] | None = None  # command
+  timeout_s: float = 3600.0  # command
+  reports: str | None = None  # precomputed
+  truth: str | None = None  # scripted-semantic: a manifest with label and mask (scripted.py)
+  error_every: int = 0  # scripted-semantic
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+  experts: dict[str, ExpertConfig] = dataclasses.field(default_factory=dict)
+  accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
+  cache_dir: str | None = None
+  tie: str = "fake"
+
+
+NEEDS = {"face": ("checkpoint",), "semantic": ("proposers", "adjudicator"), "command": ("command",),
+         "precomputed": ("reports",), "scripted-semantic": ("truth",)}
+
+
+def load(path: str | os.PathLike | None, data: dict[str, Any] | None = None) -> AgentConfig:
+  """From a YAML file (or a dict); schema.ConfigError names a bad key."""
+  if data is None:
+    try:
+      data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+      raise schema.ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+      raise schema.ConfigError(f"{path}: not YAML ({e})") from None
+  cfg = schema.decode(AgentConfig, data)
+  if not cfg.experts:
+    raise schema.ConfigError("experts: name at least one expert")
+  for name, e in cfg.experts.items():
+    if e.kind not in EXPERT_KINDS:
+      raise schema.ConfigError(f"experts.{name}.kind: {e.kind!r} is not one of {', '.join(EXPERT_KINDS)}"
+                               + schema.suggest(e.kind, EXPERT_KINDS))
+    for field in NEEDS[e.kind]:
+      if getattr(e, field) is None:
+        raise schema.ConfigError(f"experts.{name}.{field}: a {e.kind} expert needs it")
+  if cfg.tie not in ("fake", "real"):
+    raise schema.ConfigError(f"tie: {cfg.tie!r} is not 'fake' or 'real'")
+  return cfg
+
+
+def experts(cfg: AgentConfig, base: str | os.PathLike = ".") -> list:
+  """The configured experts, in the file's order.  Relative paths are from `base`."""
+  from fifa_jax import api  # noqa: PLC0415  (loads jax and the model: only when a face expert is named)
+  from fifa_jax.agent import experts as experts_lib  # noqa: PLC0415  (same)
+
+  def rel(p: str) -> str:
+    return str(Path(base) / p) if not Path(p).is_absolute() and not Path(p).exists() else p
+
+  out = []
+  for name, e in cfg.experts.items():
+    if e.kind == "face":
+      out.append(experts_lib.FaceExpert(api.FiFa.load(rel(e.checkpoint)), e.faces, name,
+                                        e.max_new_tokens))
+    elif e.kind == "semantic":
+      sem = semantic.SemanticConfig(tuple(e.proposers), e.adjudicator, e.occlusion, e.max_rounds,
+                                    e.stable_iou, cfg.cache_dir)
+      out.append(experts_lib.SemanticItems(semantic.SemanticExpert(sem, name)))
+    elif e.kind == "scripted-semantic":
+      from fifa_jax.agent import scripted  # noqa: PLC0415  (only demos use it)
+      server = scripted.ScriptedEndpoint(rel(e.truth), e.error_every)
+      roles = [semantic.Role(base_url=server.url, model=m) for m in ("proposer-1", "proposer-2", "adjudicator")]
+      sem = semantic.SemanticConfig(tuple(roles[:2]), roles[2], e.occlusion, e.max_rounds, e.stable_iou, None)
+      out.append(experts_lib.SemanticItems(semantic.SemanticExpert(sem, name)))
+    elif e.kind == "command":
+      out.append(experts_lib.CommandExpert(name, e.command, e.timeout_s))
+    else:
+      out.append(experts_lib.PrecomputedExpert(name, rel(e.reports)))
+  return out
