@@ -556,7 +556,7 @@ def serve(
 # agent: Deepfake-Agent (docs/agent.md)
 
 AGENT_CONFIG_HELP = "Agent YAML: the experts and their endpoints (docs/agent.md)."
-AGGREGATOR_HELP = "Aggregators, comma-separated: vote, confidence."
+AGGREGATOR_HELP = "Aggregators, comma-separated: vote, confidence, llm (the YAML's prompted aggregator)."
 
 
 def _agent_errors():
@@ -594,13 +594,14 @@ def agent_run(
     cfg = build.load(config)
     aggregators = _aggregators(aggregator)
     result = agent_run_lib.run_one(build.experts(cfg, Path(config).parent), image, out, aggregators,
-                                   cfg.accuracy, cfg.tie)
+                                   cfg.accuracy, cfg.tie, build.llm_aggregator(cfg))
   except _agent_errors() as e:
     typer.echo(f"fifa agent run: error: {e}", err=True)
     raise typer.Exit(code=2)
   for r in result["reports"]:
     p = f", p_fake {r.p_fake:.3f}" if r.p_fake is not None else ""
-    typer.echo(f"[{r.expert}] {r.label}{p}: {r.text or r.meta.get('reason', '')}")
+    said = r.text or r.meta.get("reason", "")
+    typer.echo(f"[{r.expert}] {r.label}{p}: {said[:300]}{'...' if len(said) > 300 else ''}")
     for rnd in r.meta.get("rounds", []):
       typer.echo(f"    round {rnd['round']}: {rnd['decision']}"
                  + (f", {rnd['verification']}" if "verification" in rnd else "")
@@ -655,7 +656,8 @@ def agent_eval(
     accuracy = dict(cfg.accuracy) if cfg else {}
     if accuracy_from:
       accuracy.update(evaluate.dev_accuracy(accuracy_from))
-    result = evaluate.evaluate(rows, found, aggregators, accuracy, cfg.tie if cfg else "fake")
+    result = evaluate.evaluate(rows, found, aggregators, accuracy, cfg.tie if cfg else "fake",
+                               build.llm_aggregator(cfg))
   except _agent_errors() as e:
     typer.echo(f"fifa agent eval: error: {e}", err=True)
     raise typer.Exit(code=2)

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fifa_jax.agent import build, evaluate, experts, parse, prompts, run, semantic
+from fifa_jax.agent import evaluate, experts, parse, prompts, run, semantic
+from fifa_jax.agent import reports as reports_lib
 from fifa_jax.agent.reports import Report, abstain, read_reports, write_reports
 from fifa_jax.cli import app
 from llm_server import LoopbackLLM
@@ -204,8 +205,8 @@ def test_face_expert_on_faces_and_on_a_picture_without_one(workdir, tmp_path):
   x0, y0, side = only["face"]["crop"]
   assert 200 < x0 + side / 2 < 312 and 80 < y0 + side / 2 < 192
   for m, b in zip(face.masks, face.boxes):
-    mask = experts.mask_from_json(m)
-    assert mask.shape == (300, 400) and not mask[:, :x0].any() and b == experts.mask_box(mask)
+    mask = reports_lib.mask_from_json(m)
+    assert mask.shape == (300, 400) and not mask[:, :x0].any() and b == reports_lib.mask_box(mask)
   assert noise.label == "abstain" and "no face" in noise.meta["reason"]
 
 
@@ -340,7 +341,7 @@ def test_agent_commands_end_to_end_offline(loopback, tmp_path):
     ({"agent.yaml": "expert: {}\n"}, ["reports"], "expert"),
     ({"manifest.jsonl": '{"image": "a.png"}\n{"image": "a.png"}\n'}, ["reports"], "manifest.jsonl:2: image 'a.png' is listed twice"),
     ({"manifest.jsonl": '{"image": "a.png", "label": "maybe"}\n'}, ["eval"], "manifest.jsonl:1: label 'maybe' is not real or fake"),
-    ({}, ["eval", "--aggregator", "median"], "--aggregator 'median' is not one of vote, confidence"),
+    ({}, ["eval", "--aggregator", "median"], "--aggregator 'median' is not one of vote, confidence, llm"),
 ])
 def test_agent_commands_reject_bad_input_in_one_line(tmp_path, files, args, message):
   (tmp_path / "agent.yaml").write_text(f"experts:\n  ps: {{kind: precomputed, reports: {tmp_path / 'r.jsonl'}}}\n")
@@ -358,3 +359,29 @@ def test_agent_commands_reject_bad_input_in_one_line(tmp_path, files, args, mess
   assert r.exit_code == 2, r.output
   lines = r.output.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(f"fifa agent {command}: error: ") and message in lines[0]
+
+
+# -- the prompted aggregator --------------------------------------------------
+
+
+def test_prompted_aggregator_fills_the_supplements_slots(loopback):
+  from fifa_jax.agent import prompted
+  server = loopback(Script(agg=["Final Decision: fake\nIntegrated Reasoning: The face expert's mask is specific.",
+                                "no idea", "still no idea"]))
+  role = semantic.Role(base_url=server.url, model="agg")
+  llm = prompted.PromptedAggregator(role, {"face": "fifa", "semantic": "sem", "ps": "edit"})
+  reports = [Report("x", "fifa", "fake", 0.912, "The nose is smeared."), abstain("x", "edit", "no edit found"),
+             Report("x", "sem", "real", None, "Physics holds.")]
+  v = llm(reports)
+  assert (v.label, v.method, v.detail["reasoning"]) == ("fake", "llm", "The face expert's mask is specific.")
+  body = server.calls[0][2]
+  assert body["messages"] == [{"role": "user", "content": prompts.aggregator(
+      ps="abstained: no edit found", face="fake (p_fake 0.91): The nose is smeared.", semantic="real: Physics holds.")}]
+  assert (body["temperature"], body["max_tokens"]) == (0.1, 512)
+  again = llm(reports[:1])  # a new prompt; twice out of format: the verdict abstains
+  assert again.label == "abstain" and "after asking again" in again.detail["reason"]
+  assert "[Semantic Expert]: no report" in server.calls[1][2]["messages"][0]["content"]
+  r = evaluate.evaluate([{"image": "x", "label": "fake"}], reports[:1], ["vote"])  # llm not asked for: fine
+  assert r["aggregators"]["vote"]["all"]["acc"] == 100.0
+  with pytest.raises(ValueError, match="--aggregator llm needs an `aggregator:` endpoint"):
+    evaluate.evaluate([{"image": "x", "label": "fake"}], reports, ["llm"])

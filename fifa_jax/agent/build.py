@@ -13,6 +13,9 @@
     edit:     {kind: command, command: [/opt/fakeshield/.venv/bin/python, drivers/fakeshield.py]}
     ps:       {kind: precomputed, reports: ps_reports.jsonl}
     scripted: {kind: scripted-semantic, truth: manifest.jsonl}   # offline stand-in (scripted.py)
+  aggregator:                              # the prompted aggregator, for `--aggregator llm`
+    endpoint: {base_url: http://localhost:8003/v1, model: llava-v1.6-34b}
+    slots: {ps: edit, face: face, semantic: semantic}
   accuracy: {face: 0.92, semantic: 0.71}   # development-set accuracy, for confidence weighting
   cache_dir: agent_cache                   # endpoint answers, so a rerun sends nothing
 
@@ -53,8 +56,17 @@ class ExpertConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PromptedConfig:
+  """The prompted aggregator (prompted.py): its endpoint, and which expert fills each slot."""
+  endpoint: semantic.Role = semantic.Role()
+  slots: dict[str, str] = dataclasses.field(
+      default_factory=lambda: {"ps": "ps", "face": "face", "semantic": "semantic"})
+
+
+@dataclasses.dataclass(frozen=True)
 class AgentConfig:
   experts: dict[str, ExpertConfig] = dataclasses.field(default_factory=dict)
+  aggregator: PromptedConfig | None = None  # for `--aggregator llm`
   accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
   cache_dir: str | None = None
   tie: str = "fake"
@@ -83,9 +95,23 @@ def load(path: str | os.PathLike | None, data: dict[str, Any] | None = None) -> 
     for field in NEEDS[e.kind]:
       if getattr(e, field) is None:
         raise schema.ConfigError(f"experts.{name}.{field}: a {e.kind} expert needs it")
+  if cfg.aggregator is not None:
+    from fifa_jax.agent import prompted  # noqa: PLC0415  (kept beside the check it serves)
+    bad = set(cfg.aggregator.slots) - set(prompted.SLOTS)
+    if bad:
+      raise schema.ConfigError(f"aggregator.slots: {sorted(bad)} are not the prompt's slots "
+                               f"({', '.join(prompted.SLOTS)})")
   if cfg.tie not in ("fake", "real"):
     raise schema.ConfigError(f"tie: {cfg.tie!r} is not 'fake' or 'real'")
   return cfg
+
+
+def llm_aggregator(cfg: AgentConfig | None):
+  """The prompted aggregator of the YAML's `aggregator:` node, or None."""
+  if cfg is None or cfg.aggregator is None:
+    return None
+  from fifa_jax.agent import prompted  # noqa: PLC0415  (only `--aggregator llm` needs it)
+  return prompted.PromptedAggregator(cfg.aggregator.endpoint, cfg.aggregator.slots, cfg.cache_dir)
 
 
 def experts(cfg: AgentConfig, base: str | os.PathLike = ".") -> list:

@@ -18,7 +18,7 @@ from pathlib import Path
 from fifa_jax.agent.aggregate import Verdict, confidence, vote
 from fifa_jax.agent.reports import Report, ReportError
 
-AGGREGATORS = ("vote", "confidence")
+AGGREGATORS = ("vote", "confidence", "llm")
 
 
 @dataclasses.dataclass
@@ -63,17 +63,22 @@ def _score(rows: Sequence[tuple[str, str, str]]) -> dict[str, dict]:
   return {k: v.table() for k, v in sorted(by.items(), key=lambda kv: (kv[0] != "all", kv[0]))}
 
 
-def aggregator(name: str, accuracy: Mapping[str, float] | None = None,
-               tie: str = "fake") -> Callable[[Sequence[Report]], Verdict]:
+def aggregator(name: str, accuracy: Mapping[str, float] | None = None, tie: str = "fake",
+               llm: Callable[[Sequence[Report]], Verdict] | None = None) -> Callable[[Sequence[Report]], Verdict]:
+  """`llm`: the prompted aggregator (build.llm_aggregator), for name "llm"."""
   if name == "vote":
     return lambda reports: vote(reports, tie=tie)
   if name == "confidence":
     return lambda reports: confidence(reports, accuracy, tie=tie)
+  if name == "llm":
+    if llm is None:
+      raise ValueError("--aggregator llm needs an `aggregator:` endpoint in the agent YAML (--config)")
+    return llm
   raise ValueError(f"aggregator {name!r} is not one of {', '.join(AGGREGATORS)}")
 
 
 def evaluate(manifest: Sequence[Mapping], reports: Sequence[Report], aggregators: Sequence[str],
-             accuracy: Mapping[str, float] | None = None, tie: str = "fake") -> dict:
+             accuracy: Mapping[str, float] | None = None, tie: str = "fake", llm=None) -> dict:
   """manifest rows {"image", "label", "domain"?}; reports of every expert on those images."""
   by_image: dict[str, list[Report]] = defaultdict(list)
   for r in reports:
@@ -82,6 +87,7 @@ def evaluate(manifest: Sequence[Mapping], reports: Sequence[Report], aggregators
   rows_expert: dict[str, list] = {e: [] for e in experts}
   rows_agg: dict[str, list] = {a: [] for a in aggregators}
   verdicts = {}
+  decide = {a: aggregator(a, accuracy, tie, llm) for a in aggregators}
   for row in manifest:
     image, truth = row["image"], row["label"]
     if truth not in ("real", "fake"):
@@ -92,7 +98,7 @@ def evaluate(manifest: Sequence[Mapping], reports: Sequence[Report], aggregators
       rows_expert[e].append((domain, truth, got[e].label if e in got else "abstain"))
     verdicts[image] = {}
     for a in aggregators:
-      v = aggregator(a, accuracy, tie)(list(got.values()))
+      v = decide[a](list(got.values()))
       verdicts[image][a] = v.to_json()
       rows_agg[a].append((domain, truth, v.label))
   return {"accuracy_weights": dict(accuracy or {}),

@@ -24,30 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from fifa_jax import api
-from fifa_jax.agent.reports import Report, ReportError, abstain, read_reports
+from fifa_jax.agent.reports import Report, ReportError, abstain, mask_box, mask_json, read_reports
 from fifa_jax.agent.semantic import SemanticExpert
-from fifa_jax.data import records
 from fifa_jax.infer import faces as faces_lib
 from fifa_jax.infer import predict
 
 Item = tuple[str, str]  # (image id, path to the image)
-
-
-def mask_json(mask: np.ndarray) -> dict:
-  """A boolean mask as the report's RLE: {"size": [h, w], "counts": [run, ...]}."""
-  rle = records.rle_encode(mask)
-  return {"size": rle["size"], "counts": np.frombuffer(rle["counts"], "<u4").tolist()}
-
-
-def mask_from_json(m: dict) -> np.ndarray:
-  return records.rle_decode({"size": m["size"], "counts": np.asarray(m["counts"], "<u4").tobytes()})
-
-
-def mask_box(mask: np.ndarray) -> list[float] | None:
-  ys, xs = np.nonzero(mask)
-  if not len(xs):
-    return None
-  return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
 
 
 def _read_rgb(image: str, path: str) -> np.ndarray | Report:
@@ -90,14 +72,16 @@ class FaceExpert:
     # An image is as fake as its most suspicious face.
     face, det, age = max(per_face, key=lambda t: t[1].det_probs["fake"])
     p_fake = float(det.det_probs["fake"])
-    masks = [g.mask for _, _, a in per_face for g in a.grounded if g.mask.any()]
+    grounded = [g for _, _, a in per_face for g in a.grounded if g.mask.any()]
+    masks = [g.mask for g in grounded]
     text = " ".join(
         (f"Face {k + 1} at {[round(v) for v in f.box]}: " if f is not None and len(per_face) > 1 else "")
         + a.plain_text for k, (f, _, a) in enumerate(per_face))
     return Report(
         image=image, expert=self.name, label="fake" if p_fake > 0.5 else "real", p_fake=p_fake,
         text=text, boxes=[b for b in (mask_box(m) for m in masks) if b], masks=[mask_json(m) for m in masks],
-        meta={"model": self.model.loaded.source, "faces": [
+        meta={"model": self.model.loaded.source, "mask_labels": [g.concept or g.phrase for g in grounded],
+              "faces": [
             {"face": f.to_json() if f is not None else None, "p_fake": round(float(d.det_probs["fake"]), 4),
              "det_answer": d.plain_text, "concepts": [g.concept for g in a.grounded]}
             for f, d, a in per_face]})

@@ -24,6 +24,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from fifa_jax.data import records
+
 LABELS = ("real", "fake", "abstain")
 
 
@@ -83,6 +87,23 @@ class Report:
     if missing:
       raise ReportError(f"report without {', '.join(sorted(missing))}")
     return cls(**d).validate()
+
+
+def mask_json(mask: np.ndarray) -> dict:
+  """A boolean mask as the report's RLE: {"size": [h, w], "counts": [run, ...]}."""
+  rle = records.rle_encode(mask)
+  return {"size": rle["size"], "counts": np.frombuffer(rle["counts"], "<u4").tolist()}
+
+
+def mask_from_json(m: dict) -> np.ndarray:
+  return records.rle_decode({"size": m["size"], "counts": np.asarray(m["counts"], "<u4").tobytes()})
+
+
+def mask_box(mask: np.ndarray) -> list[float] | None:
+  ys, xs = np.nonzero(mask)
+  if not len(xs):
+    return None
+  return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
 
 
 def abstain(image: str, expert: str, reason: str, **meta) -> Report:

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fifa_jax.agent import evaluate
-from fifa_jax.agent.reports import Report, ReportError
+from fifa_jax.agent.reports import Report, ReportError, mask_from_json
 from fifa_jax.infer import overlay as overlay_lib
 
 
@@ -101,39 +101,44 @@ def collect(experts: Sequence, rows: Sequence[dict], out: str | os.PathLike, *,
 ROUND_COLOURS = [(255, 64, 64), (255, 160, 0), (255, 230, 0), (64, 220, 64)]  # rounds 0..3
 
 
+def _box(image: np.ndarray, box, colour, label: str, scale: int, thick: int = 1, below: bool = False) -> None:
+  x1, y1, x2, y2 = (int(round(v)) for v in box)
+  cv2.rectangle(image, (x1, y1), (x2, y2), colour, scale * thick)
+  y = y2 + 12 * scale if below else y1 + 12 * scale
+  cv2.putText(image, label, (x1 + 2, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * scale, colour, scale)
+
+
 def evidence_picture(rgb: np.ndarray, reports: Sequence[Report], title: str | None = None) -> np.ndarray:
-  """Each verification round's box (red, orange, yellow, green by round; the last one
-  thicker), then the experts' evidence masks blended in, with a legend."""
-  from fifa_jax.agent.experts import mask_from_json  # noqa: PLC0415  (experts loads the model's API)
+  """Each verification round's box (red, orange, yellow, green by round) and the final
+  evidence box (white, thick), then the experts' evidence masks blended in, with a legend."""
   image = np.ascontiguousarray(rgb[..., :3]).copy()
   scale = max(1, round(max(image.shape[:2]) / 256))
   for r in reports:
     rounds = r.meta.get("rounds") or []
     for k, rnd in enumerate(rounds):
       if rnd.get("box"):
-        x1, y1, x2, y2 = (int(round(v)) for v in rnd["box"])
-        colour = ROUND_COLOURS[min(k, len(ROUND_COLOURS) - 1)]
-        cv2.rectangle(image, (x1, y1), (x2, y2), colour, scale * (3 if k == len(rounds) - 1 else 1))
-        cv2.putText(image, f"r{k}", (x1 + 2, y1 + 12 * scale), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.4 * scale, colour, scale)
+        _box(image, rnd["box"], ROUND_COLOURS[min(k, len(ROUND_COLOURS) - 1)], f"r{k}", scale)
+    if rounds and r.boxes:  # the box in force at the end: the report's evidence
+      _box(image, r.boxes[0], (255, 255, 255), "final", scale, thick=3, below=True)
   masks, labels = [], []
   for r in reports:
+    names = r.meta.get("mask_labels") or []
     for k, m in enumerate(r.masks):
       masks.append(mask_from_json(m))
-      labels.append(f"{r.expert} evidence {k + 1}")
+      labels.append(f"{r.expert}: {names[k]}" if k < len(names) else f"{r.expert} evidence {k + 1}")
   text = " ".join(f"[{r.expert}: {r.label}]" for r in reports)
   return overlay_lib.draw_overlay(image, masks, labels, title=title, text=text)
 
 
 def run_one(experts: Sequence, image: str, out: str | os.PathLike, aggregators: Sequence[str],
-            accuracy=None, tie: str = "fake") -> dict:
+            accuracy=None, tie: str = "fake", llm=None) -> dict:
   """One image: every expert's report, each aggregator's verdict, the evidence picture."""
   from fifa_jax import api  # noqa: PLC0415  (jax and the model's API, only when an image is asked about)
   rgb = api.to_rgb(image)
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   reports = [r for e in experts for r in e.report_many([(image, image)])]
-  verdicts = {a: evaluate.aggregator(a, accuracy, tie)(reports).to_json() for a in aggregators}
+  verdicts = {a: evaluate.aggregator(a, accuracy, tie, llm)(reports).to_json() for a in aggregators}
   (out / "reports.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in reports))
   (out / "verdict.json").write_text(json.dumps(verdicts, indent=1))
   title = ", ".join(f"{a}: {v['label']}" for a, v in verdicts.items())

@@ -110,14 +110,16 @@ def image_url(rgb: np.ndarray) -> str:
   return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode()
 
 
-def user_message(text: str, rgb: np.ndarray) -> dict:
+def user_message(text: str, rgb: np.ndarray | None) -> dict:
+  if rgb is None:
+    return {"role": "user", "content": text}
   return {"role": "user", "content": [{"type": "text", "text": text},
                                       {"type": "image_url", "image_url": {"url": image_url(rgb)}}]}
 
 
-def ask(client: endpoint.ChatClient, text: str, rgb: np.ndarray, parser: Callable[[str], Any]):
+def ask(client: endpoint.ChatClient, text: str, rgb: np.ndarray | None, parser: Callable[[str], Any]):
   """(parsed answer, raw answers): asked once more, with the complaint, if out of format;
-  a second ParseError propagates."""
+  a second ParseError propagates.  `rgb` None: a text-only question."""
   messages = [user_message(text, rgb)]
   first = client.chat(messages)
   try:
