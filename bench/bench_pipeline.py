@@ -1,6 +1,6 @@
 """Can the input pipeline keep an accelerator busy?  Samples per second per CPU core.
 
-  .venv/bin/python bench/bench_pipeline.py [--data demo_out/data] [--workers 0 1 2]
+  .venv/bin/python bench/bench_pipeline.py [--data demo_out/data] [--workers 0 1 2] [--tokenizer DIR]
 
 The training pipeline (fifa_jax/data/pipeline.py: grain, FiFa-11 records mixed by
 Table 17, image decode, augmentation, tokenisation, bucket padding, every [SEG]'s two
@@ -66,6 +66,7 @@ def main(argv=None) -> int:
   p.add_argument("--batch", type=int, default=40)
   p.add_argument("--batches", type=int, default=15)
   p.add_argument("--no-augment", dest="augment", action="store_false")
+  p.add_argument("--tokenizer", help="a LLaMA/Vicuna tokenizer folder (default: the offline demo's)")
   a = p.parse_args(argv)
 
   root = a.data
@@ -78,12 +79,12 @@ def main(argv=None) -> int:
                                tasks=dict(config_lib.TABLE17_RATIOS), split=a.split, seed=0,
                                local_batch=a.batch)
   capacity = pipeline.seg_capacity_for(pipeline.seg_counts(pc), pc.tasks, a.batch)
-  layout = pipeline.Layout.for_model(FiFaConfig.paper(), BUCKETS, None, seg_capacity=capacity,
+  layout = pipeline.Layout.for_model(FiFaConfig.paper(), BUCKETS, a.tokenizer, seg_capacity=capacity,
                                      augment=a.augment)
-  vocab = len(tokens.load_tokenizer(None))
+  vocab = len(tokens.load_tokenizer(a.tokenizer))
   print(f"data {root} ({a.split}), batch {a.batch}, 224 px, {layout.num_image_tokens} image tokens, "
         f"buckets {list(BUCKETS)}, {capacity} [SEG] slots of two 224x224 targets, augment {a.augment}, "
-        f"tokenizer: the offline demo's ({vocab} tokens)")
+        f"tokenizer: {a.tokenizer or 'the offline demo'} ({vocab} tokens)")
   print("| workers | samples/s | CPU cores busy | samples/s per core |")
   print("|---|---|---|---|")
   for w in a.workers:
