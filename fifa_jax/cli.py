@@ -301,6 +301,21 @@ def train(
   raise typer.Exit(code=status)
 
 
+MESH_HELP = ("Shard the model over this host's devices: data=N,fsdp=N,tensor=N by the training's "
+             "logical-axis rules (one size may be -1). Default: eval replicates the model on every local "
+             "device; infer uses one device.")
+
+
+def _mesh(spec: Optional[str]):
+  """The --mesh option as a Mesh over this host's devices, or None."""
+  if not spec:
+    return None
+  # lazy: jax loads only for the commands that need it
+  import jax
+  from fifa_jax import mesh as mesh_lib
+  return mesh_lib.make_mesh(**mesh_lib.parse_mesh(spec), devices=jax.local_devices())
+
+
 @app.command("eval")
 def evaluate(
     checkpoint: str = typer.Option(..., help="Training workdir, WORKDIR/checkpoints/<step>, or a `fifa convert model` folder."),
@@ -314,6 +329,7 @@ def evaluate(
     max_new_tokens: int = typer.Option(128, help="Answer length limit."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer folder (default: the checkpoint's)."),
     param_dtype: Optional[str] = typer.Option(None, help="Weights' dtype for decoding: float32, bfloat16 or float16 (default: the model's compute dtype, bf16 for the paper preset)."),
+    mesh: Optional[str] = typer.Option(None, help=MESH_HELP),
 ) -> None:
   """FiFa-Bench / DD-VQA / DFA-Bench evaluation, data parallel over devices and hosts."""
   # lazy: `--help` and the other commands load none of this
@@ -321,7 +337,7 @@ def evaluate(
   from fifa_jax.infer import load as load_lib
 
   try:
-    loaded = load_lib.load(checkpoint, tokenizer, param_dtype=param_dtype)
+    loaded = load_lib.load(checkpoint, tokenizer, param_dtype=param_dtype, mesh=_mesh(mesh))
     result = bench.evaluate(loaded, data, split, out, layout=layout,
                             tasks=tasks.split(",") if tasks else None, max_per_task=max_per_task,
                             batch_size=batch_size, max_new_tokens=max_new_tokens)
@@ -353,6 +369,7 @@ def infer(
     faces: str = typer.Option("none", help="Photos: none (the image is a face crop, as in training), "
                                            "largest (find the faces, answer about the largest), or all "
                                            "(each face; OUT/face-<k>/). Masks and boxes stay in the photo's pixels."),
+    mesh: Optional[str] = typer.Option(None, help=MESH_HELP),
 ) -> None:
   """Ask a trained model about one face (prints the answer, writes JSON and a mask overlay),
   or about every face of a folder or glob (writes OUT/answers.jsonl)."""
@@ -367,7 +384,7 @@ def infer(
                                   box=infer_run.parse_box(box), tokenizer=tokenizer,
                                   max_new_tokens=max_new_tokens, param_dtype=param_dtype,
                                   batch_size=batch_size, overlays=overlays, rle=rle, progress=progress,
-                                  faces=faces.lower())
+                                  faces=faces.lower(), mesh=_mesh(mesh))
     except (predict.QueryError, load_lib.CheckpointError, ValueError, FileNotFoundError) as e:
       typer.echo(f"fifa infer: error: {e}", err=True)
       raise typer.Exit(code=2)
@@ -378,7 +395,7 @@ def infer(
     results = infer_run.run(checkpoint, image, task.lower(), out, region=region,
                             box=infer_run.parse_box(box), tokenizer=tokenizer,
                             max_new_tokens=max_new_tokens, param_dtype=param_dtype, rle=rle,
-                            faces=faces.lower())
+                            faces=faces.lower(), mesh=_mesh(mesh))
   except (predict.QueryError, load_lib.CheckpointError, ValueError, FileNotFoundError) as e:
     typer.echo(f"fifa infer: error: {e}", err=True)
     raise typer.Exit(code=2)

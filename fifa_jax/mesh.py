@@ -81,6 +81,26 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
   return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
+def parse_mesh(spec: str) -> dict[str, int]:
+  """"data=2,fsdp=2,tensor=2" -> {"data": 2, "fsdp": 2, "tensor": 2} (axes left out are 1;
+  one may be -1: what the others leave)."""
+  sizes = {}
+  for part in (p.strip() for p in spec.split(",") if p.strip()):
+    name, _, value = part.partition("=")
+    name = name.strip()
+    if name not in MESH_AXES:
+      raise ValueError(f"--mesh {spec!r}: {name!r} is not one of {', '.join(MESH_AXES)}")
+    try:
+      sizes[name] = int(value)
+    except ValueError:
+      raise ValueError(f"--mesh {spec!r}: {name}={value!r} is not a whole number") from None
+    if sizes[name] == 0 or sizes[name] < -1:
+      raise ValueError(f"--mesh {spec!r}: {name} must be positive (or -1)")
+  if not sizes:
+    raise ValueError(f"--mesh {spec!r}: expected data=N,fsdp=N,tensor=N")
+  return {a: sizes.get(a, 1) for a in MESH_AXES}
+
+
 def logical_to_spec(names: Sequence[str | None] | None,
                     rules=LOGICAL_AXIS_RULES) -> P:
   """PartitionSpec for a tuple of logical axis names."""

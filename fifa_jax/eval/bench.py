@@ -82,10 +82,13 @@ def evaluate(loaded: Loaded, data: str | Path, split: str, out: str | Path, *,
   store = MaskStore(store_path)
   pid, nproc = jax.process_index(), jax.process_count()
   local = jax.local_devices()
-  mesh = mesh_lib.make_mesh(data=len(local), devices=local)
-  mesh_lib.shard_model(loaded.model, mesh)
-  # Round the batch up to the local devices, so each takes an equal share.
-  batch_size = -(-batch_size // len(local)) * len(local)
+  mesh = loaded.mesh  # `fifa eval --mesh`: the model sharded over this host's devices
+  if mesh is None:  # data parallel, the model replicated on every local device
+    mesh = mesh_lib.make_mesh(data=len(local), devices=local)
+    mesh_lib.shard_model(loaded.model, mesh)
+  # Round the batch up to the rows the mesh splits, so each takes an equal share.
+  rows = mesh.shape["data"] * mesh.shape["fsdp"]
+  batch_size = -(-batch_size // rows) * rows
 
   work: list[QARecord] = []
   for t in tasks:
@@ -104,7 +107,7 @@ def evaluate(loaded: Loaded, data: str | Path, split: str, out: str | Path, *,
       queries = [_query(r, store) for r in recs]
       padded = queries + [queries[-1]] * (batch_size - len(queries))
       arrays = predict.encode(loaded, padded)
-      arrays = {k: jax.device_put(v, mesh_lib.batch_sharding(mesh, v.ndim)) for k, v in arrays.items()}
+      arrays = predict.place(arrays, mesh)
       preds = predict.predict(loaded, padded, batch=arrays, max_new_tokens=max_new_tokens)
       for rec, q, p in zip(recs, queries, preds):
         fh.write(json.dumps(_row(rec, p, store)) + "\n")

@@ -15,13 +15,17 @@ returns the checkpoint's own layout (weight round trips, further training).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
 
+import jax
+from jax.sharding import Mesh
+
 from flax import nnx, traverse_util
 
-from fifa_jax import checkpoint, config as config_lib, tokens
+from fifa_jax import checkpoint, config as config_lib, mesh as mesh_lib, tokens
 from fifa_jax.checkpoint import CheckpointError  # noqa: F401 (raised here; callers catch it)
 from fifa_jax.models.decoding import decoding_layout
 from fifa_jax.models.fifa import FiFaConfig, FiFaMLLM
@@ -37,6 +41,7 @@ class Loaded:
   tokenizer: object
   source: str  # what was loaded, for reports
   step: int | None = None
+  mesh: Mesh | None = None  # where the weights live, by the training's logical-axis rules
 
 
 def _run_dir_and_step(path: Path) -> tuple[Path, int | None] | None:
@@ -48,18 +53,32 @@ def _run_dir_and_step(path: Path) -> tuple[Path, int | None] | None:
 
 
 def load(path: str | Path, tokenizer: str | None = None, *, layout: str = "decoding",
-         param_dtype: str | None = None) -> Loaded:
+         param_dtype: str | None = None, mesh: Mesh | None = None) -> Loaded:
   """The model, its config and tokenizer from a checkpoint path (see module doc).
-  `param_dtype` (decoding layout only): the weights' dtype; default each part's compute dtype."""
+  `param_dtype` (decoding layout only): the weights' dtype; default each part's compute dtype.
+  `mesh`: the weights are sharded over it by the training's logical-axis rules (mesh.py),
+  after being read and laid out in host memory, never whole on one accelerator."""
   if layout not in LAYOUTS:
     raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
   if param_dtype is not None and param_dtype not in PARAM_DTYPES:
     raise ValueError(f"--param-dtype must be one of {', '.join(PARAM_DTYPES)}, got {param_dtype!r}")
-  loaded = _load(Path(path), tokenizer)
-  if layout == "decoding":
-    loaded.model = decoding_layout(loaded.model, param_dtype)
-    loaded.config = loaded.model.config
+  with _on_host() if mesh is not None else contextlib.nullcontext():
+    loaded = _load(Path(path), tokenizer)
+    if layout == "decoding":
+      loaded.model = decoding_layout(loaded.model, param_dtype)
+      loaded.config = loaded.model.config
+  if mesh is not None:
+    mesh_lib.shard_model(loaded.model, mesh)
+    loaded.mesh = mesh
   return loaded
+
+
+def _on_host():
+  """Arrays made in this context go to host memory (a CPU device), not accelerator 0."""
+  try:
+    return jax.default_device(jax.devices("cpu")[0])
+  except RuntimeError:  # no CPU backend in this jax: the default device it is
+    return contextlib.nullcontext()
 
 
 def _load(path: Path, tokenizer: str | None) -> Loaded:

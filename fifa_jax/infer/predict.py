@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fifa_jax import fict, tokens
+from fifa_jax import fict, mesh as mesh_lib, tokens
 from fifa_jax.data.pipeline import normalise, resize_image
 from fifa_jax.models.generate import GenerationConfig
 from fifa_jax.infer.load import Loaded
@@ -177,11 +177,27 @@ def generation_config(loaded: Loaded, max_new_tokens: int, do_sample: bool = Fal
                           pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0)
 
 
+def place(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+  """A batch split over the mesh's data x fsdp axes (rows repeated at the end to fill it;
+  predictions are read for the real rows only)."""
+  rows = mesh.shape["data"] * mesh.shape["fsdp"]
+  n = len(batch["input_ids"])
+  extra = -n % rows
+  out = {}
+  for k, v in batch.items():
+    v = np.concatenate([v, np.repeat(v[-1:], extra, 0)]) if extra else v
+    out[k] = jax.device_put(v, mesh_lib.batch_sharding(mesh, v.ndim))
+  return out
+
+
 def predict(loaded: Loaded, queries: Sequence[Query], *, max_new_tokens: int = 128,
             batch: dict | None = None, rng: jax.Array | None = None,
             gen: GenerationConfig | None = None) -> list[Prediction]:
   """Answers for `queries` (one batch).  `batch` may carry arrays already placed on a mesh."""
-  batch = batch if batch is not None else encode(loaded, queries)
+  if batch is None:
+    batch = encode(loaded, queries)
+    if loaded.mesh is not None:
+      batch = place(batch, loaded.mesh)
   gen = gen or generation_config(loaded, max_new_tokens)
   out = loaded.model.generate(jnp.asarray(batch["input_ids"]), jnp.asarray(batch["pixels"]),
                               boxes=jnp.asarray(batch["boxes"]),

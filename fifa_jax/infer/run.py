@@ -116,7 +116,7 @@ def photo_queries(rgb: np.ndarray, names: Sequence[str], region: str | None,
 def run(checkpoint: str, image: str, task: str, out: str, region: str | None = None,
         box: tuple[float, ...] | None = None, tokenizer: str | None = None,
         max_new_tokens: int = 128, param_dtype: str | None = None, rle: str = "fifa",
-        faces: str = "none") -> list[dict]:
+        faces: str = "none", mesh=None) -> list[dict]:
   """Validate everything cheap first (image, task, region, box, the faces), then load and ask.
 
   `task="all"` asks the 11 tasks in one batch (R- tasks about `region`, B- tasks
@@ -136,7 +136,7 @@ def run(checkpoint: str, image: str, task: str, out: str, region: str | None = N
     with faces_lib.FaceFinder() as finder:
       found = finder.find(rgb)
   pairs = photo_queries(rgb, names, region, box, faces, found, f"image {image!r}")
-  loaded = load_lib.load(checkpoint, tokenizer, param_dtype=param_dtype)
+  loaded = load_lib.load(checkpoint, tokenizer, param_dtype=param_dtype, mesh=mesh)
   queries = [q for q, _ in pairs]
   results = []
   for (q, face), pred in zip(pairs, predict.predict(loaded, queries, max_new_tokens=max_new_tokens)):
@@ -195,7 +195,7 @@ def run_many(checkpoint: str, images: str, task: str, out: str, region: str | No
              box: tuple[float, ...] | None = None, tokenizer: str | None = None,
              max_new_tokens: int = 128, param_dtype: str | None = None, batch_size: int = 8,
              overlays: bool = False, rle: str = "fifa", progress: bool = True,
-             faces: str = "none") -> dict[str, int]:
+             faces: str = "none", mesh=None) -> dict[str, int]:
   """Every image of a folder or glob x the task (or all 11) -> OUT/answers.jsonl.
 
   Resumable: pairs already answered in OUT/answers.jsonl are skipped (failed ones are
@@ -222,7 +222,7 @@ def run_many(checkpoint: str, images: str, task: str, out: str, region: str | No
   counts = {"answered": 0, "failed": 0, "skipped": len(paths) * len(names) - len(todo)}
   if not todo:
     return counts
-  loaded = load_lib.load(checkpoint, tokenizer, param_dtype=param_dtype)
+  loaded = load_lib.load(checkpoint, tokenizer, param_dtype=param_dtype, mesh=mesh)
   bar = tqdm(total=len(todo), desc="infer", unit="answer", disable=not progress)
   with answers.open("a") as sink:
     def write(row: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 
@@ -55,6 +56,43 @@ def barrier(name: str, timeout_s: int) -> None:
     raise DistributedError(f"barrier {name!r}: not all {jax.process_count()} processes arrived within "
                            f"{timeout_s}s (this is process {jax.process_index()} on "
                            f"{socket.gethostname()}): {e}") from e
+
+
+class Preemption:
+  """SIGTERM, agreed on by every host: `reached(step)` is True at the same step everywhere.
+
+  One process: a Python SIGTERM handler sets a flag, read at the next step.  Several
+  processes: jax's preemption service (started by jax.distributed.initialize) catches
+  SIGTERM on whichever host receives it, tells the others through the coordinator, and
+  names the first step every host can still reach; each host saves that step
+  (`multihost_utils.reached_preemption_sync_point`, what orbax's `reached_preemption`
+  uses).  A host blocked in a collective when the signal comes is no problem: the
+  service's own handler runs in C++, not at Python's next bytecode.
+  """
+
+  def __init__(self):
+    # lazy: multi-process only (jax keeps its client in a private module)
+    from jax._src import distributed as _dist
+    self.multi = jax.process_count() > 1 and _dist.global_state.preemption_sync_manager is not None
+    self.flag = False
+    self.previous = None
+    if not self.multi:
+      self.previous = signal.signal(signal.SIGTERM, self._set)
+
+  def _set(self, *_):
+    self.flag = True
+
+  def reached(self, step: int) -> bool:
+    """Call at every step, on every host, with the same (increasing) step numbers."""
+    if not self.multi:
+      return self.flag
+    from jax.experimental import multihost_utils  # lazy: as above
+    return bool(multihost_utils.reached_preemption_sync_point(step))
+
+  def close(self) -> None:
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+      self.previous = None
 
 
 def describe_host(mesh) -> str:

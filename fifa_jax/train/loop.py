@@ -4,7 +4,9 @@
   0    finished `train.steps`;
   3    stopped by the non-finite policy (`train.max_nonfinite` consecutive
        skipped steps; the last checkpoint holds the last good state);
-  143  stopped by SIGTERM (preemption) after a final, synchronous save.
+  143  stopped by SIGTERM (preemption) after a final, synchronous save; with several
+       hosts, every host saves the same step and exits 143, whichever host got the
+       signal (distributed.Preemption).
 Resume is automatic: the latest complete checkpoint under WORKDIR/checkpoints
 (model, optimizer, step, RNG streams, data-iterator position) is restored, and
 the run continues with exactly the batches and random numbers it would have
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -186,8 +187,7 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
   writer = metrics_lib.MetricsWriter(local_dir(workdir))
   peak = metrics_lib.peak_tflops(cfg.bench.peak_tflops)
 
-  stop = {"sigterm": False}
-  previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True))
+  preemption = distributed.Preemption()
   bar = None
   if cfg.train.progress and jax.process_index() == 0:
       bar = tqdm(total=cfg.train.steps, initial=start, desc=cfg.name, unit="step", dynamic_ncols=True)
@@ -239,7 +239,7 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
           writer.write(step, dev)
           meta["last_eval"] = {"step": step, **dev}
           acc.t0 = time.perf_counter()  # throughput excludes the evaluation
-        if stop["sigterm"]:
+        if preemption.reached(step):
           if pending is not None:
             status, pending = book(*pending), None
           ckpt.save(step, state, data_state, {**meta, "step": step, "time": time.time()}, force=True)
@@ -253,7 +253,7 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
       if pending is not None:  # the last step's bookkeeping
         status = book(*pending)
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    preemption.close()
     if bar is not None:
       bar.close()
     writer.close()
