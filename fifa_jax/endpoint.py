@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import hashlib
+import http.server
 import json
 import os
 import random
@@ -193,3 +194,45 @@ def _progress(total: int, desc: str, enabled: bool):
       def update(self, n): pass
       def close(self): pass
     return _Null()
+
+
+class LocalChatServer:
+  """A `/v1/chat/completions` server on 127.0.0.1 that answers with `respond(body) ->
+  (HTTP status, reply text)`: the offline stand-in for an endpoint (the agent's scripted
+  semantic expert, the tests).  A non-200 status is sent with `Retry-After: retry_after`;
+  `calls` records (path, Authorization header, body) per request."""
+
+  def __init__(self, respond: Callable[[dict], tuple[int, str]], retry_after: str = "0",
+               usage: Mapping[str, int] | None = None):
+    self.calls: list[tuple[str, str | None, dict]] = []
+    outer = self
+    usage = dict(usage or {"prompt_tokens": 10, "completion_tokens": 3})
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      def log_message(self, *a):
+        pass
+
+      def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        outer.calls.append((self.path, self.headers.get("Authorization"), body))
+        status, text = respond(body)
+        if status != 200:
+          self.send_response(status)
+          self.send_header("Retry-After", retry_after)
+          self.end_headers()
+          return
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}],
+                           "usage": usage}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+    threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+  def close(self) -> None:
+    self.httpd.shutdown()
+    self.httpd.server_close()

@@ -385,3 +385,26 @@ def test_prompted_aggregator_fills_the_supplements_slots(loopback):
   assert r["aggregators"]["vote"]["all"]["acc"] == 100.0
   with pytest.raises(ValueError, match="--aggregator llm needs an `aggregator:` endpoint"):
     evaluate.evaluate([{"image": "x", "label": "fake"}], reports, ["llm"])
+
+
+def test_scripted_stand_in_answers_from_the_known_masks(tmp_path):
+  from fifa_jax.agent import scripted
+  mask = np.zeros((H, W), np.uint8)
+  mask[30:50, 60:100] = 255
+  cv2.imwrite(str(tmp_path / "fake.png"), picture(3))
+  cv2.imwrite(str(tmp_path / "real.png"), picture(4))
+  cv2.imwrite(str(tmp_path / "mask.png"), mask)
+  (tmp_path / "truth.jsonl").write_text(
+      '{"image": "fake.png", "label": "fake", "mask": "mask.png"}\n{"image": "real.png", "label": "real"}\n')
+  server = scripted.ScriptedEndpoint(str(tmp_path / "truth.jsonl"))
+  try:
+    roles = [semantic.Role(base_url=server.url, model=m) for m in ("proposer-1", "proposer-2", "adjudicator")]
+    e = semantic.SemanticExpert(semantic.SemanticConfig(tuple(roles[:2]), roles[2]), "semantic-scripted")
+    fake = e.report("fake.png", cv2.cvtColor(cv2.imread(str(tmp_path / "fake.png")), cv2.COLOR_BGR2RGB))
+    real = e.report("real.png", cv2.cvtColor(cv2.imread(str(tmp_path / "real.png")), cv2.COLOR_BGR2RGB))
+  finally:
+    server.close()
+  assert (fake.label, fake.boxes, fake.meta["stop"]) == ("fake", [[60, 30, 100, 50]], "confirmed")
+  assert [p["decision"] for p in fake.meta["proposals"]] == ["fake", "fake"]
+  assert (real.label, real.boxes, real.meta["stop"]) == ("real", [], "real verdict")
+  assert [p["decision"] for p in real.meta["proposals"]] == ["real", "fake"]

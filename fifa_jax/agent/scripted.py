@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.server
 import json
-import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from fifa_jax import endpoint
 from fifa_jax.agent import prompts, semantic
 
 
@@ -60,25 +59,9 @@ class ScriptedEndpoint:
                                                                            np.array([0, rgb.shape[1] - 1]))
         box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
       self.truth[pixels_key(rgb)] = {"label": label, "box": box, "mask": mask, "rgb": rgb}
-    outer = self
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-      def log_message(self, *a):
-        pass
-
-      def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": outer.answer(body)}}],
-                           "usage": {"prompt_tokens": 0, "completion_tokens": 0}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-    threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    self.server = endpoint.LocalChatServer(lambda body: (200, self.answer(body)),
+                                           usage={"prompt_tokens": 0, "completion_tokens": 0})
+    self.url = self.server.url
 
   def answer(self, body: dict) -> str:
     parts = body["messages"][0]["content"]
@@ -114,5 +97,4 @@ class ScriptedEndpoint:
             "Verification: refuted")
 
   def close(self) -> None:
-    self.httpd.shutdown()
-    self.httpd.server_close()
+    self.server.close()
