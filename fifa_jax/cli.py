@@ -644,12 +644,17 @@ def agent_reports(
   try:
     rows = agent_run_lib.read_manifest(manifest)
     cfg = build.load(config)
-    counts = agent_run_lib.collect(build.experts(cfg, Path(config).parent), rows, out, progress=progress)
+    experts = build.experts(cfg, Path(config).parent)
+    counts = agent_run_lib.collect(experts, rows, out, progress=progress)
   except _agent_errors() as e:
     typer.echo(f"fifa agent reports: error: {e}", err=True)
     raise typer.Exit(code=2)
   typer.echo(f"{counts['written']} reports written ({counts['abstained']} abstentions), "
              f"{counts['skipped']} already in {out}")
+  for expert in experts:  # what the endpoints cost: a rerun from the cache sends nothing
+    for role, u in (expert.usage() if hasattr(expert, "usage") else {}).items():
+      typer.echo(f"  {expert.name} {role}: {u['requests']} requests, {u['cache_hits']} from cache, "
+                 f"{u['retries']} retries, {u['failures']} failed")
 
 
 @agent_app.command("eval")

@@ -320,6 +320,7 @@ def test_agent_commands_end_to_end_offline(loopback, tmp_path):
                        str(tmp_path / "agent.yaml"), "--out", str(tmp_path / "reports.jsonl"), "--no-progress"])
   assert r.exit_code == 0, r.output
   assert "4 reports written (0 abstentions), 0 already in" in r.output
+  assert "semantic adjudicator: 3 requests, 0 from cache, 0 retries, 0 failed" in r.output
   r = cli.invoke(app, ["agent", "eval", "--manifest", str(tmp_path / "manifest.jsonl"), "--reports",
                        str(tmp_path / "reports.jsonl"), "--out", str(tmp_path / "eval"),
                        "--config", str(tmp_path / "agent.yaml")])

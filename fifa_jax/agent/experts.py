@@ -102,6 +102,10 @@ class SemanticItems:
   def __init__(self, expert: SemanticExpert):
     self.expert, self.name = expert, expert.name
 
+  def usage(self) -> dict[str, dict]:
+    """Each role's endpoint usage: requests, cache hits, retries, failures, tokens."""
+    return self.expert.usage()
+
   def report_many(self, items: Sequence[Item]) -> list[Report]:
     out = []
     for image, path in items:
