@@ -66,10 +66,11 @@ test: test-main test-prep
 
 # The main suite needs .venv-prep too: the face finder and the web test run the annotator there.
 # Two pytest workers, a test file each at a time (module fixtures and compiled functions stay
-# shared within a file; XLA compiles on one core, so two workers nearly halve the time); then,
+# shared within a file; XLA compiles on one core, so two workers nearly halve the time), the
+# longest files first (tests/conftest.py's order, kept by --no-loadscope-reorder); then,
 # alone, the tests marked serial (processes that meet in collectives with a deadline).
 TEST_WORKERS ?= 2
-XDIST = -n $(TEST_WORKERS) --dist loadfile
+XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test-main: main-env prep-env
 	$(VENV)/bin/python -m pytest -q tests --ignore=tests/prep -m "not serial" $(XDIST) $(PYTEST_ARGS)
 	$(VENV)/bin/python -m pytest -q tests --ignore=tests/prep -m serial $(PYTEST_ARGS)
