@@ -87,6 +87,8 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=300)
   p.add_argument("--lr", type=float, default=2e-3)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--no-augment", dest="augment", action="store_false",
+                 help="train on the images as they are (no crop/scale or colour jitter)")
   args = p.parse_args(argv)
 
   config = FiFaConfig.cpu()
@@ -118,7 +120,8 @@ def main(argv=None) -> int:
   start = time.perf_counter()
   for step in range(1, args.steps + 1):
     idx = np.concatenate([rng.choice(fakes, 8), rng.choice(reals, 8)])
-    pixels = np.stack([normalise(Augment.draw(rng).image(x_train[i])) for i in idx])
+    pixels = np.stack([normalise(Augment.draw(rng).image(x_train[i]) if args.augment else x_train[i])
+                       for i in idx])
     loss = train_step(model, optimizer, jnp.asarray(pixels), jnp.asarray(y_train[idx]))
     if step % 50 == 0 or step == args.steps:
       print(f"step {step:5d}  loss {float(loss):.3f}  train acc {accuracy(x_train, y_train):.3f}  "
