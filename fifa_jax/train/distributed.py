@@ -66,8 +66,8 @@ class Preemption:
   SIGTERM on whichever host receives it, tells the others through the coordinator, and
   names the first step every host can still reach; each host saves that step
   (`multihost_utils.reached_preemption_sync_point`, what orbax's `reached_preemption`
-  uses).  A host blocked in a collective when the signal comes is no problem: the
-  service's own handler runs in C++, not at Python's next bytecode.
+  uses).  The service's handler is its own (C++), so no Python handler is installed
+  then: one would replace it.
   """
 
   def __init__(self):
