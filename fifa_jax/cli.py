@@ -611,7 +611,8 @@ def agent_run(
     cfg = build.load(config)
     aggregators = _aggregators(aggregator)
     result = agent_run_lib.run_one(build.experts(cfg, Path(config).parent), image, out, aggregators,
-                                   cfg.accuracy, cfg.tie, build.llm_aggregator(cfg))
+                                   cfg.accuracy, cfg.tie,
+                                   build.llm_aggregator(cfg) if "llm" in aggregators else None)
   except _agent_errors() as e:
     typer.echo(f"fifa agent run: error: {e}", err=True)
     raise typer.Exit(code=2)
@@ -679,7 +680,7 @@ def agent_eval(
     if accuracy_from:
       accuracy.update(evaluate.dev_accuracy(accuracy_from))
     result = evaluate.evaluate(rows, found, aggregators, accuracy, cfg.tie if cfg else "fake",
-                               build.llm_aggregator(cfg))
+                               build.llm_aggregator(cfg) if "llm" in aggregators else None)
   except _agent_errors() as e:
     typer.echo(f"fifa agent eval: error: {e}", err=True)
     raise typer.Exit(code=2)

@@ -115,7 +115,9 @@ def llm_aggregator(cfg: AgentConfig | None):
 
 
 def experts(cfg: AgentConfig, base: str | os.PathLike = ".") -> list:
-  """The configured experts, in the file's order.  Relative paths are from `base`."""
+  """The configured experts, in the file's order.  A relative path (checkpoint, reports,
+  truth) is taken as given when it exists from the working directory, else from `base`
+  (the YAML's folder)."""
   from fifa_jax import api  # noqa: PLC0415  (loads jax and the model: only when a face expert is named)
   from fifa_jax.agent import experts as experts_lib  # noqa: PLC0415  (same)
 

@@ -32,11 +32,17 @@ from fifa_jax.infer import predict
 Item = tuple[str, str]  # (image id, path to the image)
 
 
-def _read_rgb(image: str, path: str) -> np.ndarray | Report:
-  try:
-    return api.to_rgb(path)
-  except predict.QueryError as e:
-    return abstain(image, "?", f"unreadable image: {e}")
+def each_image(items: Sequence[Item], name: str, report) -> list[Report]:
+  """`report(image id, rgb)` for each item; an unreadable image is an abstention."""
+  out = []
+  for image, path in items:
+    try:
+      rgb = api.to_rgb(path)
+    except predict.QueryError as e:
+      out.append(abstain(image, name, f"unreadable image: {e}"))
+      continue
+    out.append(report(image, rgb))
+  return out
 
 
 class FaceExpert:
@@ -60,8 +66,7 @@ class FaceExpert:
       except faces_lib.FaceError as e:
         return abstain(image, self.name, f"no face: {e}")
       found = [f for f, _ in pairs]
-      parsed = [[api.parse_query(dict(image=faces_lib.crop_face(photo, f), task="det")), q]
-                for f, q in pairs]
+      parsed = [[api.parse_query(dict(image=q[0].rgb, task="det")), q] for _, q in pairs]
     answers = self.model.answer([q for pair in parsed for q in pair], self.max_new_tokens)
     per_face = []
     for k, face in enumerate(found):
@@ -70,16 +75,16 @@ class FaceExpert:
         det, age = api.on_photo(det, face, rgb), api.on_photo(age, face, rgb)
       per_face.append((face, det, age))
     # An image is as fake as its most suspicious face.
-    face, det, age = max(per_face, key=lambda t: t[1].det_probs["fake"])
+    _, det, _ = max(per_face, key=lambda t: t[1].det_probs["fake"])
     p_fake = float(det.det_probs["fake"])
-    grounded = [g for _, _, a in per_face for g in a.grounded if g.mask.any()]
+    grounded = [g for _, _, a in per_face for g in a.grounded if g.mask.any()]  # so each has a box
     masks = [g.mask for g in grounded]
     text = " ".join(
         (f"Face {k + 1} at {[round(v) for v in f.box]}: " if f is not None and len(per_face) > 1 else "")
         + a.plain_text for k, (f, _, a) in enumerate(per_face))
     return Report(
         image=image, expert=self.name, label="fake" if p_fake > 0.5 else "real", p_fake=p_fake,
-        text=text, boxes=[b for b in (mask_box(m) for m in masks) if b], masks=[mask_json(m) for m in masks],
+        text=text, boxes=[mask_box(m) for m in masks], masks=[mask_json(m) for m in masks],
         meta={"model": self.model.loaded.source, "mask_labels": [g.concept or g.phrase for g in grounded],
               "faces": [
             {"face": f.to_json() if f is not None else None, "p_fake": round(float(d.det_probs["fake"]), 4),
@@ -87,13 +92,7 @@ class FaceExpert:
             for f, d, a in per_face]})
 
   def report_many(self, items: Sequence[Item]) -> list[Report]:
-    out = []
-    for image, path in items:
-      rgb = _read_rgb(image, path)
-      out.append(rgb if isinstance(rgb, Report) else self.report(image, rgb))
-      if out[-1].expert == "?":
-        out[-1].expert = self.name
-    return out
+    return each_image(items, self.name, self.report)
 
 
 class SemanticItems:
@@ -107,15 +106,7 @@ class SemanticItems:
     return self.expert.usage()
 
   def report_many(self, items: Sequence[Item]) -> list[Report]:
-    out = []
-    for image, path in items:
-      rgb = _read_rgb(image, path)
-      if isinstance(rgb, Report):
-        rgb.expert = self.name
-        out.append(rgb)
-      else:
-        out.append(self.expert.report(image, rgb))
-    return out
+    return each_image(items, self.name, self.expert.report)
 
 
 class CommandExpert:
