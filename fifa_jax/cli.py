@@ -8,6 +8,7 @@ environment (.venv-prep) as a subprocess.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -573,7 +574,8 @@ def serve(
 # agent: Deepfake-Agent (docs/agent.md)
 
 AGENT_CONFIG_HELP = "Agent YAML: the experts and their endpoints (docs/agent.md)."
-AGGREGATOR_HELP = "Aggregators, comma-separated: vote, confidence, llm (the YAML's prompted aggregator)."
+AGGREGATOR_HELP = ("Aggregators, comma-separated: vote, confidence, llm (the YAML's prompted aggregator), "
+                   "learned (the GRPO-trained policy: --policy or the YAML's learned.policy).")
 
 
 def _agent_errors():
@@ -667,6 +669,7 @@ def agent_eval(
     config: Optional[str] = typer.Option(None, help="Agent YAML, for the experts' dev accuracy (confidence weighting) and the tie rule."),
     accuracy_from: Optional[str] = typer.Option(None, help="report.json of an earlier `fifa agent eval` on a development split: "
                                                            "each expert's Acc. there weighs it in confidence weighting."),
+    policy: Optional[str] = typer.Option(None, help="The learned aggregator's policy folder (a `fifa agent train` workdir's policy/)."),
 ) -> None:
   """Acc., F1, Precision and Recall per domain, per expert and per aggregator (abstentions shown)."""
   from fifa_jax.agent import build, evaluate, reports as reports_lib, run as agent_run_lib  # lazy: as above
@@ -680,7 +683,8 @@ def agent_eval(
     if accuracy_from:
       accuracy.update(evaluate.dev_accuracy(accuracy_from))
     result = evaluate.evaluate(rows, found, aggregators, accuracy, cfg.tie if cfg else "fake",
-                               build.llm_aggregator(cfg) if "llm" in aggregators else None)
+                               build.llm_aggregator(cfg) if "llm" in aggregators else None,
+                               build.learned_aggregator(cfg, policy) if "learned" in aggregators else None)
   except _agent_errors() as e:
     typer.echo(f"fifa agent eval: error: {e}", err=True)
     raise typer.Exit(code=2)
@@ -689,7 +693,61 @@ def agent_eval(
   typer.echo(f"wrote {out}/report.md and report.json")
 
 
-# `fifa convert farl|llama|sam|model|peft` live in fifa_jax/convert/cli.py.
+@agent_app.command("dataset")
+def agent_dataset(
+    manifest: str = typer.Option(..., help="JSONL with each image's \"label\" (real/fake) and \"domain\"."),
+    reports: str = typer.Option(..., help="Reports JSONL (from `fifa agent reports`)."),
+    out: str = typer.Option(..., help="Training records JSONL for `fifa agent train` (data: OUT)."),
+    config: Optional[str] = typer.Option(None, help="Agent YAML: `learned.methods` (which expert is Method 1, 2, 3) "
+                                                    "and `learned.domain_methods` (the expert expected per domain)."),
+) -> None:
+  """The learned aggregator's GRPO training records from a labelled manifest and the experts' reports."""
+  from fifa_jax.agent import build, learned, reports as reports_lib, run as agent_run_lib  # lazy: as above
+
+  try:
+    rows = agent_run_lib.read_manifest(manifest, need_label=True)
+    found = list(reports_lib.read_reports(reports))
+    lcfg = build.load(config).learned if config else build.LearnedConfig()
+    recs = learned.training_records(rows, found, lcfg.methods, lcfg.domain_methods)
+  except _agent_errors() as e:
+    typer.echo(f"fifa agent dataset: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  tmp = Path(out + ".partial")
+  tmp.write_text("".join(json.dumps(r) + "\n" for r in recs))
+  tmp.replace(out)
+  unmapped = sum(r["method"] == 0 for r in recs)
+  typer.echo(f"wrote {len(recs)} records to {out} (Methods 1-{len(lcfg.methods)}: "
+             f"{', '.join(lcfg.methods)}" + (f"; {unmapped} with a domain outside learned.domain_methods"
+                                             if unmapped else "") + ")")
+
+
+@agent_app.command("train")
+def agent_train(
+    workdir: str = typer.Option(..., help="Run folder: checkpoints/, metrics.jsonl, policy/ (resumed when it has checkpoints)."),
+    config: Optional[str] = typer.Option(None, help="GRPO YAML (configs/agent_grpo_toy.yaml); default: the toy task's settings."),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="A dotted override, e.g. --set steps=200 (repeatable)."),
+    stop_at: Optional[int] = typer.Option(None, help="Save and stop after this many steps in all (a rerun resumes)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+  """Train the learned aggregator's policy with GRPO (an optional supervised cold start first)."""
+  from fifa_jax import schema  # lazy: as above
+  from fifa_jax.agent import trainer  # lazy: loads jax
+
+  try:
+    cfg = trainer.load_config(config, overrides)
+    last = trainer.train(cfg, workdir, progress=progress, stop_at=stop_at)
+  except (schema.ConfigError, ValueError, FileNotFoundError) as e:
+    typer.echo(f"fifa agent train: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  shown = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith(("reward/", "sft/")))
+  typer.echo(f"last logged: {shown}")
+  if Path(workdir, "policy").is_dir() and (stop_at is None or stop_at >= cfg.sft_steps + cfg.steps):
+    typer.echo(f"wrote {workdir}/policy (fifa agent eval --aggregator learned --policy {workdir}/policy)")
+  else:
+    typer.echo(f"stopped at step {stop_at}; rerun to resume")
+
+
+# `fifa convert farl|llama|sam|model|peft|llava` live in fifa_jax/convert/cli.py.
 from fifa_jax.convert.cli import register as _register_convert  # noqa: E402
 
 _register_convert(convert_app)

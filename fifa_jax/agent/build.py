@@ -16,6 +16,10 @@
   aggregator:                              # the prompted aggregator, for `--aggregator llm`
     endpoint: {base_url: http://localhost:8003/v1, model: llava-v1.6-34b}
     slots: {ps: edit, face: face, semantic: semantic}
+  learned:                                 # the GRPO-trained aggregator, for `--aggregator learned`
+    policy: runs/aggregator/policy
+    methods: [edit, face, semantic]        # Method 1, 2, 3 of its prompt
+    domain_methods: {editing: 1, face: 2, semantic: 3}
   accuracy: {face: 0.92, semantic: 0.71}   # development-set accuracy, for confidence weighting
   cache_dir: agent_cache                   # endpoint answers, so a rerun sends nothing
 
@@ -64,9 +68,22 @@ class PromptedConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LearnedConfig:
+  """The learned aggregator (learned.py): its policy folder, which expert is Method
+  1, 2, 3 of its prompt, and the method expected per domain (the tool-selection
+  reward's map when `fifa agent dataset` writes training records)."""
+  policy: str | None = None  # a `fifa agent train` workdir's policy/ (or `fifa convert llava --text-only`)
+  methods: tuple[str, ...] = ("ps", "face", "semantic")
+  domain_methods: dict[str, int] = dataclasses.field(
+      default_factory=lambda: {"editing": 1, "face": 2, "semantic": 3})
+  max_new_tokens: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
 class AgentConfig:
   experts: dict[str, ExpertConfig] = dataclasses.field(default_factory=dict)
   aggregator: PromptedConfig | None = None  # for `--aggregator llm`
+  learned: LearnedConfig = LearnedConfig()  # for `--aggregator learned`
   accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
   cache_dir: str | None = None
   tie: str = "fake"
@@ -101,6 +118,10 @@ def load(path: str | os.PathLike | None, data: dict[str, Any] | None = None) -> 
     if bad:
       raise schema.ConfigError(f"aggregator.slots: {sorted(bad)} are not the prompt's slots "
                                f"({', '.join(prompted.SLOTS)})")
+  n = len(cfg.learned.methods)
+  bad = {d: m for d, m in cfg.learned.domain_methods.items() if not 1 <= m <= n}
+  if bad:
+    raise schema.ConfigError(f"learned.domain_methods: {bad} name no method of 1..{n}")
   if cfg.tie not in ("fake", "real"):
     raise schema.ConfigError(f"tie: {cfg.tie!r} is not 'fake' or 'real'")
   return cfg
@@ -112,6 +133,19 @@ def llm_aggregator(cfg: AgentConfig | None):
     return None
   from fifa_jax.agent import prompted  # noqa: PLC0415  (only `--aggregator llm` needs it)
   return prompted.PromptedAggregator(cfg.aggregator.endpoint, cfg.aggregator.slots, cfg.cache_dir)
+
+
+def learned_aggregator(cfg: AgentConfig | None, policy: str | None = None):
+  """The learned aggregator of the YAML's `learned:` node (`policy` overrides its folder)."""
+  learned_cfg = cfg.learned if cfg is not None else LearnedConfig()
+  path = policy or learned_cfg.policy
+  if path is None:
+    raise ValueError("--aggregator learned needs a policy: --policy DIR or `learned.policy` in --config")
+  if not Path(path, "fifa_jax.json").is_file():
+    raise FileNotFoundError(f"policy {path!r} is not a policy folder (a `fifa agent train` "
+                            "workdir's policy/, or `fifa convert llava --text-only` output)")
+  from fifa_jax.agent import learned  # noqa: PLC0415  (loads jax: only `--aggregator learned`)
+  return learned.LearnedAggregator(path, learned_cfg.methods, learned_cfg.max_new_tokens)
 
 
 def experts(cfg: AgentConfig, base: str | os.PathLike = ".") -> list:

@@ -18,7 +18,7 @@ from pathlib import Path
 from fifa_jax.agent.aggregate import Verdict, confidence, vote
 from fifa_jax.agent.reports import Report, ReportError
 
-AGGREGATORS = ("vote", "confidence", "llm")
+AGGREGATORS = ("vote", "confidence", "llm", "learned")
 
 
 @dataclasses.dataclass
@@ -64,8 +64,11 @@ def _score(rows: Sequence[tuple[str, str, str]]) -> dict[str, dict]:
 
 
 def aggregator(name: str, accuracy: Mapping[str, float] | None = None, tie: str = "fake",
-               llm: Callable[[Sequence[Report]], Verdict] | None = None) -> Callable[[Sequence[Report]], Verdict]:
-  """`llm`: the prompted aggregator (build.llm_aggregator), for name "llm"."""
+               llm: Callable[[Sequence[Report]], Verdict] | None = None,
+               learned: Callable[[Sequence[Report]], Verdict] | None = None
+               ) -> Callable[[Sequence[Report]], Verdict]:
+  """`llm`: the prompted aggregator (build.llm_aggregator), for name "llm"; `learned`:
+  the GRPO-trained one (build.learned_aggregator), for name "learned"."""
   if name == "vote":
     return lambda reports: vote(reports, tie=tie)
   if name == "confidence":
@@ -74,11 +77,16 @@ def aggregator(name: str, accuracy: Mapping[str, float] | None = None, tie: str 
     if llm is None:
       raise ValueError("--aggregator llm needs an `aggregator:` endpoint in the agent YAML (--config)")
     return llm
+  if name == "learned":
+    if learned is None:
+      raise ValueError("--aggregator learned needs a policy (--policy or `learned.policy` in --config)")
+    return learned
   raise ValueError(f"aggregator {name!r} is not one of {', '.join(AGGREGATORS)}")
 
 
 def evaluate(manifest: Sequence[Mapping], reports: Sequence[Report], aggregators: Sequence[str],
-             accuracy: Mapping[str, float] | None = None, tie: str = "fake", llm=None) -> dict:
+             accuracy: Mapping[str, float] | None = None, tie: str = "fake", llm=None,
+             learned=None) -> dict:
   """manifest rows {"image", "label", "domain"?}; reports of every expert on those images."""
   by_image: dict[str, list[Report]] = defaultdict(list)
   for r in reports:
@@ -87,7 +95,7 @@ def evaluate(manifest: Sequence[Mapping], reports: Sequence[Report], aggregators
   rows_expert: dict[str, list] = {e: [] for e in experts}
   rows_agg: dict[str, list] = {a: [] for a in aggregators}
   verdicts = {}
-  decide = {a: aggregator(a, accuracy, tie, llm) for a in aggregators}
+  decide = {a: aggregator(a, accuracy, tie, llm, learned) for a in aggregators}
   for row in manifest:
     image, truth = row["image"], row["label"]
     if truth not in ("real", "fake"):

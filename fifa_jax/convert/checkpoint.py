@@ -23,12 +23,14 @@ def kinds() -> dict[str, tuple[type, Any]]:
   from fifa_jax.convert.sam import SamDecoder, SamDecoderConfig  # noqa: PLC0415
   from fifa_jax.models.fifa import FiFaConfig, FiFaMLLM  # noqa: PLC0415
   from fifa_jax.models.llama import LlamaConfig, LlamaForCausalLM  # noqa: PLC0415
+  from fifa_jax.models.llava import LlavaConfig, LlavaPolicy  # noqa: PLC0415
   from fifa_jax.models.vit import ViTConfig, VisionTransformer  # noqa: PLC0415
 
   return {"llama": (LlamaConfig, lambda c: LlamaForCausalLM(c, rngs=nnx.Rngs(0))),
           "vit": (ViTConfig, lambda c: VisionTransformer(c, rngs=nnx.Rngs(0))),
           "sam": (SamDecoderConfig, lambda c: SamDecoder(c, rngs=nnx.Rngs(0))),
-          "fifa": (FiFaConfig, lambda c: FiFaMLLM(c, rngs=nnx.Rngs(0)))}
+          "fifa": (FiFaConfig, lambda c: FiFaMLLM(c, rngs=nnx.Rngs(0))),
+          "llava": (LlavaConfig, lambda c: LlavaPolicy(c, rngs=nnx.Rngs(0)))}
 
 
 def load(path: str | Path, kind: str | None = None) -> tuple[str, Any, nnx.Module]:

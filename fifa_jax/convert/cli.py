@@ -112,6 +112,25 @@ def register(app: typer.Typer) -> None:
     _say(f"wrote {out} ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
          f"vocab {cfg.vocab_size}, {cfg.param_dtype})")
 
+  @app.command("llava")
+  @_guard("llava")
+  def llava_cmd(src: Path = typer.Argument(..., help="llava-hf folder (config.json + safetensors)."),
+                out: Path = typer.Argument(..., help="Output fifa-jax folder."),
+                text_only: bool = typer.Option(False, "--text-only",
+                                               help="Keep the LLaMA alone (the CPU policy mode)."),
+                dtype: Optional[str] = DTYPE, quiet: bool = QUIET) -> None:
+    """llava-hf LlavaForConditionalGeneration -> the learned aggregator's policy (`fifa agent train`)."""
+    from fifa_jax.convert import checkpoint, llava  # noqa: PLC0415
+
+    _fresh_folder(out)
+    cfg, model = llava.load(src, text_only=text_only, param_dtype=dtype, progress=not quiet)
+    checkpoint.save(model, out, "llava", cfg)
+    copied = llava.copy_tokenizer(src, out)  # the policy folder is then all `fifa agent` needs
+    vision = "text only" if cfg.vision is None else (
+        f"CLIP {cfg.vision.layers} layers, {cfg.num_image_tokens} image tokens")
+    _say(f"wrote {out} ({vision}; LLaMA {cfg.llama.num_hidden_layers} layers, "
+         f"vocab {cfg.llama.vocab_size}; tokenizer: {', '.join(copied) or 'none found, copy it in'})")
+
   @app.command("sam")
   @_guard("sam")
   def sam_cmd(src: Path = typer.Argument(..., help="segment-anything / LISA / GLaMM checkpoint."),
