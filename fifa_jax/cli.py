@@ -603,6 +603,7 @@ def agent_run(
     config: str = typer.Option(..., help=AGENT_CONFIG_HELP),
     out: str = typer.Option(..., help="Folder for reports.jsonl, verdict.json and evidence.png."),
     aggregator: str = typer.Option("vote,confidence", help=AGGREGATOR_HELP),
+    policy: Optional[str] = typer.Option(None, help="The learned aggregator's policy folder (a `fifa agent train` workdir's policy/)."),
 ) -> None:
   """One image: each expert's report, the verification rounds, each aggregator's verdict."""
   from fifa_jax.agent import build, run as agent_run_lib  # lazy: as above
@@ -614,7 +615,8 @@ def agent_run(
     aggregators = _aggregators(aggregator)
     result = agent_run_lib.run_one(build.experts(cfg, Path(config).parent), image, out, aggregators,
                                    cfg.accuracy, cfg.tie,
-                                   build.llm_aggregator(cfg) if "llm" in aggregators else None)
+                                   build.llm_aggregator(cfg) if "llm" in aggregators else None,
+                                   build.learned_aggregator(cfg, policy) if "learned" in aggregators else None)
   except _agent_errors() as e:
     typer.echo(f"fifa agent run: error: {e}", err=True)
     raise typer.Exit(code=2)

@@ -17,7 +17,8 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 # order, so starting these early keeps one of them from finishing alone at the end
 # (longest-processing-time-first).  Measured with `make test PYTEST_ARGS=--durations=45`.
 LONGEST_FIRST = ("test_learning.py", "test_train_resume.py", "test_train_step.py",
-                 "test_fifa.py", "test_plan.py", "test_infer_eval.py", "test_mesh_infer.py")
+                 "test_fifa.py", "test_plan.py", "test_agent_train.py", "test_infer_eval.py",
+                 "test_mesh_infer.py")
 
 
 def pytest_collection_modifyitems(config, items):

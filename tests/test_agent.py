@@ -194,3 +194,32 @@ def test_weighted_total_and_group_advantages():
   np.testing.assert_allclose(adv[3:], (g - g.mean()) / (g.std(ddof=1) + 1e-4))
   with pytest.raises(ValueError, match="do not split into groups of 4"):
     rewards.group_advantages([1.0] * 6, group_size=4)
+
+
+ADJ_FAKE = "Decision: fake\nReasoning: The shadow falls the wrong way.\nBounding Box: [10, 10, 50, 50]"
+ADJ_REAL = "Decision: real\nReasoning: Physics holds.\nBounding Box: none"
+VER_OK = "Decision: fake\nReasoning: Still wrong.\nVerification: confirmed\nBounding Box: [10, 10, 50, 30]"
+VER_ODD = "Decision: fake\nReasoning: Hm.\nVerification: refuted"
+
+
+@pytest.mark.parametrize("name, completion, columns, want", [
+    ("semantic_format", ADJ_FAKE, {}, 1.0),
+    ("semantic_format", VER_OK, {}, 1.0),
+    ("semantic_format", "Decision: fake\nReasoning: no box given", {}, 0.0),  # a fake needs its box
+    ("semantic_accuracy", ADJ_FAKE, {"label": "fake"}, 1.0),
+    ("semantic_accuracy", ADJ_REAL, {"label": "fake"}, 0.0),
+    ("semantic_accuracy", "garbage", {"label": "fake"}, 0.0),
+    ("box_iou", ADJ_FAKE, {"label": "fake", "box": [10, 10, 50, 50]}, 1.0),
+    ("box_iou", ADJ_FAKE, {"label": "fake", "box": [30, 10, 70, 50]}, 800 / 2400),
+    ("box_iou", VER_OK, {"label": "fake", "box": [10, 10, 50, 50]}, 0.5),  # the refined box counts
+    ("box_iou", ADJ_REAL, {"label": "real", "box": None}, 1.0),  # a real image: no box is right
+    ("box_iou", ADJ_FAKE, {"label": "real", "box": None}, 0.0),
+    ("box_iou", ADJ_REAL, {"label": "fake", "box": [0, 0, 5, 5]}, 0.0),
+    ("verification_consistency", VER_OK, {}, 1.0),
+    ("verification_consistency", VER_ODD, {}, 0.0),  # refuted, yet still fake
+    ("verification_consistency", ADJ_FAKE, {}, 0.0),  # no Verification field to be consistent
+])
+def test_semantic_rewards_table(name, completion, columns, want):
+  cols = {k: [v] for k, v in columns.items()}
+  assert rewards.SEMANTIC_REWARDS[name](["prompt"], [completion], **cols) == [pytest.approx(want)]
+  assert rewards.total(["prompt"], [completion], {name: 2.0}, **cols) == pytest.approx([2 * want])

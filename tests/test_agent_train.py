@@ -152,10 +152,12 @@ def test_grpo_raises_the_toy_policys_mean_reward(toy_run):
   rows = [json.loads(line) for line in (toy_run / "metrics.jsonl").read_text().splitlines()]
   grpo_rows = [r for r in rows if "reward/total" in r]
   assert [r["step"] for r in grpo_rows] == list(range(105, 141, 5))
-  first, last = grpo_rows[0], grpo_rows[-2:]
-  # After the cold start the format is mostly right; GRPO sharpens it and the total rises.
-  assert np.mean([r["reward/total"] for r in last]) > first["reward/total"] + 0.25
-  assert np.mean([r["reward/format"] for r in last]) > first["reward/format"]
+  first, last = grpo_rows[:2], grpo_rows[-2:]  # GRPO steps 1-10 and 31-40
+  mean = lambda rows, key: np.mean([r[key] for r in rows])  # noqa: E731
+  # The cold start leaves the format half learnt at temperature 1; GRPO sharpens it, and
+  # the total rises (measured: +0.41 and +0.65 with seeds 0 and 1).
+  assert mean(last, "reward/total") > mean(first, "reward/total") + 0.25
+  assert mean(last, "reward/format") > mean(first, "reward/format")
   assert all(r["sft/loss"] < 0.5 for r in rows if r["step"] == 100)
 
 

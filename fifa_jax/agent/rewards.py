@@ -18,6 +18,19 @@ aggregator, written from their description:
                     ASSESSMENT", "4. FINAL DECISION"; any numbers) + 0.3 x the share
                     of Methods 1-3 that <think> mentions
 
+The semantic expert's adjudicator (`Decision / Reasoning / Bounding Box` answers, and
+the counterfactual rounds' `... / Verification`) has four of its own, in
+`SEMANTIC_REWARDS`, with the columns `label` and `box` (the ground-truth mask's box in
+image pixels, [x1, y1, x2, y2], or None for a real image):
+
+  semantic_format        1 when the answer parses (parse.adjudication, or parse.verification
+                         when it carries a Verification field)
+  semantic_accuracy      1 when its Decision equals the label
+  box_iou                IoU of its box with the truth's box on a fake; on a real image 1
+                         when it names no box, else 0
+  verification_consistency  on a Verification answer: 1 when the parts agree, "confirmed"
+                         with a fake verdict or "refuted" with a real one, else 0
+
 `total` weighs them (the run config's weights; all 1 by default), and
 `group_advantages` turns a group's rewards into GRPO's advantages.
 """
@@ -30,6 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from fifa_jax.agent import parse
+from fifa_jax.agent.reports import box_iou
 
 SECTIONS = ("IMAGE CONTENT", "METHOD ANALYSIS", "CREDIBILITY ASSESSMENT", "FINAL DECISION")
 NUM_METHODS = 3
@@ -99,22 +113,77 @@ def reasoning_format_reward(prompts, completions, **columns) -> list[float]:
   return out
 
 
+def _semantic(text: str):
+  """The adjudicator's answer parsed as a verification when it has that field, else as a
+  first-round adjudication; None when out of format."""
+  try:
+    return parse.verification(text) if re.search(r"^\s*Verification\s*:", text or "", re.MULTILINE | re.IGNORECASE) \
+        else parse.adjudication(text)
+  except parse.ParseError:
+    return None
+
+
+def semantic_format_reward(prompts, completions, **columns) -> list[float]:
+  return [float(_semantic(c) is not None) for c in completions]
+
+
+def semantic_accuracy_reward(prompts, completions, label: Sequence[str], **columns) -> list[float]:
+  out = []
+  for c, want in zip(completions, label, strict=True):
+    a = _semantic(c)
+    out.append(float(a is not None and a.decision == str(want).lower()))
+  return out
+
+
+def box_iou_reward(prompts, completions, label: Sequence[str], box: Sequence, **columns) -> list[float]:
+  out = []
+  for c, want, truth in zip(completions, label, box, strict=True):
+    a = _semantic(c)
+    if a is None:
+      out.append(0.0)
+    elif str(want).lower() == "real" or truth is None:
+      out.append(float(a.box is None))
+    else:
+      out.append(0.0 if a.box is None else box_iou(a.box, truth))
+  return out
+
+
+def verification_consistency_reward(prompts, completions, **columns) -> list[float]:
+  out = []
+  for c in completions:
+    a = _semantic(c)
+    if not isinstance(a, parse.Verification):
+      out.append(0.0)
+    else:
+      out.append(float(a.confirmed == (a.decision == "fake")))
+  return out
+
+
+SEMANTIC_REWARDS: dict[str, Callable[..., list[float]]] = {
+    "semantic_format": semantic_format_reward, "semantic_accuracy": semantic_accuracy_reward,
+    "box_iou": box_iou_reward, "verification_consistency": verification_consistency_reward,
+}
+
 REWARDS: dict[str, Callable[..., list[float]]] = {
     "format": format_reward, "accuracy": accuracy_reward, "tool_selection": tool_selection_reward,
     "reasoning_length": reasoning_length_reward, "reasoning_format": reasoning_format_reward,
 }
 
 
+ALL_REWARDS = {**REWARDS, **SEMANTIC_REWARDS}
+
+
 def total(prompts, completions, weights: Mapping[str, float] | None = None, **columns) -> np.ndarray:
-  """sum_k weight_k * reward_k per completion (weights by name; default all 1)."""
+  """sum_k weight_k * reward_k per completion (weights by name; default the aggregator's
+  five, each 1; the semantic expert's four are named to be used)."""
   weights = dict.fromkeys(REWARDS, 1.0) if weights is None else dict(weights)
-  unknown = set(weights) - set(REWARDS)
+  unknown = set(weights) - set(ALL_REWARDS)
   if unknown:
-    raise ValueError(f"unknown rewards {sorted(unknown)}; expected {sorted(REWARDS)}")
+    raise ValueError(f"unknown rewards {sorted(unknown)}; expected {sorted(ALL_REWARDS)}")
   out = np.zeros(len(completions), np.float64)
   for name, w in weights.items():
     if w:
-      out += w * np.asarray(REWARDS[name](prompts, completions, **columns), np.float64)
+      out += w * np.asarray(ALL_REWARDS[name](prompts, completions, **columns), np.float64)
   return out
 
 

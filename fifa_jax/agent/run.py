@@ -131,14 +131,15 @@ def evidence_picture(rgb: np.ndarray, reports: Sequence[Report], title: str | No
 
 
 def run_one(experts: Sequence, image: str, out: str | os.PathLike, aggregators: Sequence[str],
-            accuracy=None, tie: str = "fake", llm=None) -> dict:
+            accuracy=None, tie: str = "fake", llm=None, learned=None) -> dict:
   """One image: every expert's report, each aggregator's verdict, the evidence picture."""
   from fifa_jax import api  # noqa: PLC0415  (jax and the model's API, only when an image is asked about)
   rgb = api.to_rgb(image)
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   reports = [r for e in experts for r in e.report_many([(image, image)])]
-  verdicts = {a: evaluate.aggregator(a, accuracy, tie, llm)(reports).to_json() for a in aggregators}
+  verdicts = {a: evaluate.aggregator(a, accuracy, tie, llm, learned)(reports).to_json()
+              for a in aggregators}
   (out / "reports.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in reports))
   (out / "verdict.json").write_text(json.dumps(verdicts, indent=1))
   title = ", ".join(f"{a}: {v['label']}" for a, v in verdicts.items())

@@ -34,7 +34,7 @@ import numpy as np
 
 from fifa_jax import endpoint
 from fifa_jax.agent import parse, prompts
-from fifa_jax.agent.reports import Report, abstain
+from fifa_jax.agent.reports import Report, abstain, box_iou
 
 OCCLUSIONS = ("mean", "blur", "inpaint")
 STOPS = ("real verdict", "refuted", "confirmed", "max rounds")
@@ -64,14 +64,6 @@ class SemanticConfig:
   max_rounds: int = 3
   stable_iou: float = 0.9
   cache_dir: str | None = None
-
-
-def box_iou(a, b) -> float:
-  ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-  iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-  inter = ix * iy
-  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-  return inter / union if union > 0 else 0.0
 
 
 def pixel_box(box, hw: tuple[int, int]) -> tuple[int, int, int, int]:

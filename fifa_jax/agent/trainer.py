@@ -16,7 +16,8 @@ sampling key.  A checkpoint (orbax, `WORKDIR/checkpoints/<step>`) holds the
 trainable weights, the reference, the optimizer state and the step, so a resumed
 run continues bit for bit (tests/test_agent_train.py).  The finished policy is
 written to `WORKDIR/policy` (a model folder of kind "llava" and its tokenizer),
-which `fifa agent eval --aggregator learned --policy WORKDIR/policy` reads.
+which `fifa agent eval --aggregator learned --policy WORKDIR/policy` reads, and the
+learning curve to `WORKDIR/curve.png`.
 
 Data: "toy" (toy.py) or a JSONL file of records {"prompt": question, "label":
 "real"|"fake", "method": N, optional "reference": an answer for the cold start};
@@ -116,10 +117,10 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
   cfg = schema.decode(AgentTrainConfig, data)
   for o in overrides:
     cfg = schema.override(cfg, parse_override(o))
-  unknown = set(cfg.rewards) - set(rewards.REWARDS)
+  unknown = set(cfg.rewards) - set(rewards.ALL_REWARDS)
   if unknown:
     raise schema.ConfigError(f"rewards: unknown {sorted(unknown)}; the rewards are "
-                             f"{', '.join(rewards.REWARDS)}")
+                             f"{', '.join(rewards.ALL_REWARDS)}")
   if cfg.steps < 0 or cfg.sft_steps < 0:
     raise schema.ConfigError("steps and sft_steps must not be negative")
   return cfg
@@ -350,6 +351,8 @@ def train(cfg: AgentTrainConfig, workdir: str | Path, *, progress: bool = True,
     ckpt.close()
   if end == total:
     export(workdir / "policy", pcfg, graphdef, state["params"], frozen, rest, tok)
+    from fifa_jax.train import plot  # noqa: PLC0415  (matplotlib: only once a run ends)
+    plot.plot(workdir / "metrics.jsonl", workdir / "curve.png", f"fifa agent train: {workdir.name}")
   return last
 
 
@@ -363,7 +366,7 @@ def _grpo_step(steps: Steps, state: dict, frozen, rest, tok, recs, prompts, cfg,
   completions = [tok.decode(t[:n], skip_special_tokens=True) for t, n in zip(tokens, lengths)]
   rep_prompts = [p for p in prompts for _ in range(g.group_size)]
   cols = columns(recs, g.group_size)
-  per_reward = {name: np.asarray(rewards.REWARDS[name](rep_prompts, completions, **cols))
+  per_reward = {name: np.asarray(rewards.ALL_REWARDS[name](rep_prompts, completions, **cols))
                 for name, w in cfg.rewards.items() if w}
   total = sum(cfg.rewards[n] * r for n, r in per_reward.items())
   adv = rewards.group_advantages(total, g.group_size).astype(np.float32)
