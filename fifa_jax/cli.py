@@ -616,7 +616,8 @@ def agent_run(
     result = agent_run_lib.run_one(build.experts(cfg, Path(config).parent), image, out, aggregators,
                                    cfg.accuracy, cfg.tie,
                                    build.llm_aggregator(cfg) if "llm" in aggregators else None,
-                                   build.learned_aggregator(cfg, policy) if "learned" in aggregators else None)
+                                   build.learned_aggregator(cfg, policy, Path(manifest).parent)
+                               if "learned" in aggregators else None)
   except _agent_errors() as e:
     typer.echo(f"fifa agent run: error: {e}", err=True)
     raise typer.Exit(code=2)
@@ -686,7 +687,8 @@ def agent_eval(
       accuracy.update(evaluate.dev_accuracy(accuracy_from))
     result = evaluate.evaluate(rows, found, aggregators, accuracy, cfg.tie if cfg else "fake",
                                build.llm_aggregator(cfg) if "llm" in aggregators else None,
-                               build.learned_aggregator(cfg, policy) if "learned" in aggregators else None)
+                               build.learned_aggregator(cfg, policy, Path(manifest).parent)
+                               if "learned" in aggregators else None)
   except _agent_errors() as e:
     typer.echo(f"fifa agent eval: error: {e}", err=True)
     raise typer.Exit(code=2)

@@ -236,3 +236,34 @@ def test_policy_prompt_lists_the_experts_as_methods():
                                     "Method 2 (face): fake: The nose is smeared. (Score: 0.91)",
                                     "Method 3 (semantic): no report (Score: N/A)"]
   assert learned.chat_prompt("Q", image_tokens=2) == "USER: <image><image>\nQ ASSISTANT:"
+
+
+def test_grpo_trains_a_policy_that_sees_the_image(tmp_path):
+  """The vision path: the toy policy with a tiny CLIP tower, records with images."""
+  import cv2
+  rng = np.random.default_rng(0)
+  recs = toy.records(8, seed=3)
+  for i, r in enumerate(recs):
+    cv2.imwrite(str(tmp_path / f"{i}.png"), rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    r["image"] = f"{i}.png"
+  (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+  cfg = trainer.load_config("configs/agent_grpo_toy.yaml", TOY + [
+      f"data={tmp_path / 'data.jsonl'}", "policy.toy_vision=true", "grpo.max_prompt_tokens=88",
+      "grpo.group_size=2", "grpo.prompts_per_step=2", "grpo.updates_per_batch=1",
+      "sft_steps=1", "steps=1", "checkpoint_every=1"])
+  trainer.train(cfg, tmp_path / "run", progress=False)
+  kind, pcfg, policy = conv_ckpt.load(tmp_path / "run" / "policy")
+  assert pcfg.num_image_tokens == 16
+  after_sft, after_grpo = (load_params(tmp_path / "run" / "checkpoints", step=k, parts=("params",))
+                           ["params"]["vit"]["conv1"]["kernel"] for k in (1, 2))
+  assert not np.array_equal(after_sft, after_grpo)  # the GRPO step reached the vision tower
+  tok = toy.tokenizer()
+  text = learned.chat_prompt(recs[0]["prompt"], image_tokens=16)
+  ids, att, _ = learned.encode_prompts(tok, [text, text], 88)
+  pixels = np.stack([learned.clip_pixels(tmp_path / f"{i}.png", 32) for i in (0, 1)])
+  logits = np.asarray(policy(jnp.asarray(ids), jnp.asarray(pixels), attention_mask=jnp.asarray(att)))
+  assert not np.allclose(logits[0, -1], logits[1, -1])  # the answer depends on the image
+  with pytest.raises(ValueError, match="every record needs its 'image'"):
+    trainer.train(trainer.load_config("configs/agent_grpo_toy.yaml", TOY + [
+        "policy.toy_vision=true", "toy_records=8", "sft_steps=1", "steps=1"]), tmp_path / "bad",
+        progress=False)

@@ -135,8 +135,10 @@ def llm_aggregator(cfg: AgentConfig | None):
   return prompted.PromptedAggregator(cfg.aggregator.endpoint, cfg.aggregator.slots, cfg.cache_dir)
 
 
-def learned_aggregator(cfg: AgentConfig | None, policy: str | None = None):
-  """The learned aggregator of the YAML's `learned:` node (`policy` overrides its folder)."""
+def learned_aggregator(cfg: AgentConfig | None, policy: str | None = None,
+                       image_root: str | os.PathLike | None = None):
+  """The learned aggregator of the YAML's `learned:` node (`policy` overrides its folder);
+  a policy with a vision tower reads the images from `image_root` (the manifest's folder)."""
   learned_cfg = cfg.learned if cfg is not None else LearnedConfig()
   path = policy or learned_cfg.policy
   if path is None:
@@ -145,7 +147,8 @@ def learned_aggregator(cfg: AgentConfig | None, policy: str | None = None):
     raise FileNotFoundError(f"policy {path!r} is not a policy folder (a `fifa agent train` "
                             "workdir's policy/, or `fifa convert llava --text-only` output)")
   from fifa_jax.agent import learned  # noqa: PLC0415  (loads jax: only `--aggregator learned`)
-  return learned.LearnedAggregator(path, learned_cfg.methods, learned_cfg.max_new_tokens)
+  return learned.LearnedAggregator(path, learned_cfg.methods, learned_cfg.max_new_tokens,
+                                   image_root=image_root)
 
 
 def experts(cfg: AgentConfig, base: str | os.PathLike = ".") -> list:

@@ -30,6 +30,7 @@ class Batch(NamedTuple):
   attention: jax.Array  # [N, P + C] bool: real tokens (prompt padding and after-stop are False)
   completion: jax.Array  # [N, C] bool: completion tokens that count (up to the stop, included)
   advantages: jax.Array  # [N] float32
+  pixels: jax.Array | None = None  # [N, S, S, 3] for a policy with a vision tower
 
 
 def token_logprobs(logits: jax.Array, tokens: jax.Array, prompt_len: int) -> jax.Array:

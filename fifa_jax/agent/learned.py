@@ -93,6 +93,32 @@ def encode_prompts(tokenizer, texts: Sequence[str], length: int) -> tuple[np.nda
   return ids, attention, cut
 
 
+def clip_pixels(path: str | Path, size: int) -> np.ndarray:
+  """An image as CLIPImageProcessor gives it to LLaVA-1.5: the shorter side resized to
+  `size`, centre-cropped to a square, CLIP-normalised; [size, size, 3] float32."""
+  import cv2  # noqa: PLC0415  (images only for a policy with a vision tower)
+
+  from fifa_jax.data.pipeline import normalise  # noqa: PLC0415
+
+  bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+  if bgr is None:
+    raise ValueError(f"image {str(path)!r} cannot be read")
+  h, w = bgr.shape[:2]
+  scale = size / min(h, w)
+  nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+  bgr = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+  top, left = (nh - size) // 2, (nw - size) // 2
+  return normalise(cv2.cvtColor(bgr[top:top + size, left:left + size], cv2.COLOR_BGR2RGB))
+
+
+def image_token_check(tokenizer, config) -> None:
+  """The tokenizer must spell `<image>` as the policy's image token."""
+  got = tokenizer.convert_tokens_to_ids("<image>")
+  if got != config.image_token_id:
+    raise ValueError(f"the tokenizer's <image> is id {got}, the policy's image token is "
+                     f"{config.image_token_id}")
+
+
 def pad_id(tokenizer) -> int:
   return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -119,13 +145,15 @@ class LearnedAggregator:
   """`methods`: the experts (by name) that are Method 1, 2, 3 of the prompt."""
 
   def __init__(self, path: str | Path, methods: Sequence[str], max_new_tokens: int = 256,
-               max_prompt_tokens: int = 512):
+               max_prompt_tokens: int = 1024, image_root: str | Path | None = None):
     from fifa_jax.models import generate as gen  # noqa: PLC0415
 
     self.config, self.model, self.tokenizer = load_policy(path)
     if self.config.vision is not None:
-      raise ValueError(f"{path}: the learned aggregator reads reports as text; this policy has a "
-                       "vision tower (convert it with `fifa convert llava --text-only`)")
+      image_token_check(self.tokenizer, self.config)
+    # A policy with a vision tower also sees the image (the reports' `image`, taken
+    # from `image_root` when relative), as the public aggregator does.
+    self.image_root = Path(image_root) if image_root is not None else None
     self.methods = list(methods)
     self.max_prompt_tokens = max_prompt_tokens
     self.gen = gen
@@ -134,11 +162,23 @@ class LearnedAggregator:
                                            pad_token_id=pad_id(self.tokenizer))
 
   def answer(self, reports: Sequence[Report]) -> str:
-    text = chat_prompt(prompt_from_reports(reports, self.methods))
+    n_image = self.config.num_image_tokens
+    text = chat_prompt(prompt_from_reports(reports, self.methods), image_tokens=n_image)
     ids, attention, _ = encode_prompts(self.tokenizer, [text], self.max_prompt_tokens)
     keep = attention.any(0)  # drop the all-padding columns: one row needs none
-    out = self.gen.generate(self.model, ids[:, keep], attention_mask=attention[:, keep],
-                            config=self.gen_config)
+    ids, attention = ids[:, keep], attention[:, keep]
+    if n_image:
+      image = Path(reports[0].image) if reports else None
+      if image is None:
+        raise ValueError("a vision policy needs the image: no report names it")
+      if not image.is_absolute() and self.image_root is not None:
+        image = self.image_root / image
+      pixels = clip_pixels(image, self.config.vision.image_size)[None]
+      embeds = self.model.embed_prompt(ids, pixels)
+      out = self.gen.generate(self.model, inputs_embeds=embeds, attention_mask=attention,
+                              config=self.gen_config)
+    else:
+      out = self.gen.generate(self.model, ids, attention_mask=attention, config=self.gen_config)
     n = int(out.lengths[0])
     return self.tokenizer.decode(np.asarray(out.tokens[0, :n]), skip_special_tokens=True)
 

@@ -27,7 +27,7 @@ EXPERTS = ("fakeshield", "fifa", "semantic")  # Method 1, 2, 3
 SCORES = ("0.1", "0.2", "0.3", "0.4", "0.6", "0.7", "0.8", "0.9")
 THINK = ("1. IMAGE CONTENT a face photo . 2. METHOD ANALYSIS Method 1 Method 2 Method 3 . "
          "3. CREDIBILITY ASSESSMENT {credible} . 4. FINAL DECISION {answer} .")
-SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")
+SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 
 
 def _report(label: str, rng: np.random.Generator) -> tuple[str, str]:
@@ -75,8 +75,11 @@ def tokenizer():
   from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: PLC0415  (toy only)
   from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
 
+  from tokenizers import AddedToken  # noqa: PLC0415
+
   vocab = {w: i for i, w in enumerate(vocabulary())}
   tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
   tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tok.add_special_tokens([AddedToken("<image>", special=True)])  # "<image><image>" is two tokens
   return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                  unk_token="<unk>", pad_token="<pad>")

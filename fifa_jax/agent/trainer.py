@@ -45,6 +45,7 @@ from fifa_jax.config import OptimConfig
 from fifa_jax.models import generate as gen
 from fifa_jax.models.llava import LlavaConfig, LlavaPolicy
 from fifa_jax.models.lora import LoraConfig
+from fifa_jax.models.vit import ViTConfig
 from fifa_jax.train import optim
 from fifa_jax.train.metrics import MetricsWriter
 
@@ -56,9 +57,10 @@ DEFAULT_WEIGHTS = {"format": 1.0, "accuracy": 1.0, "tool_selection": 1.0,
 
 @dataclasses.dataclass(frozen=True)
 class PolicySpec:
-  init: str = "toy"  # "toy": a tiny text-only LLaMA and a word-level tokenizer; or a policy folder
+  init: str = "toy"  # "toy": a tiny LLaMA and a word-level tokenizer; or a policy folder
   lora_rank: int = 0  # 0: every weight trains; else LoRA adapters (alpha = 2 x rank) on q/v
   seed: int = 0  # the toy policy's initial weights
+  toy_vision: bool = False  # the toy policy with a tiny CLIP tower (32 px, 16 image tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +149,8 @@ def load_records(cfg: AgentTrainConfig) -> list[dict]:
         raise ValueError(f"{path}:{n}: {key!r} must be a string")
     if rec["label"] not in ("real", "fake"):
       raise ValueError(f"{path}:{n}: label {rec['label']!r} is not 'real' or 'fake'")
+    if isinstance(rec.get("image"), str) and not Path(rec["image"]).is_absolute():
+      rec["image_path"] = str(path.parent / rec["image"])  # relative to the data file
     out.append(rec)
   if not out:
     raise ValueError(f"{path}: no records")
@@ -168,7 +172,7 @@ def batch_indices(n_records: int, per_step: int, step: int, seed: int) -> np.nda
 
 def columns(recs: list[dict], repeat: int) -> dict[str, list]:
   """Every field but the prompt and reference, as reward columns, each repeated per sample."""
-  keys = sorted({k for r in recs for k in r} - {"prompt", "reference"})
+  keys = sorted({k for r in recs for k in r} - {"prompt", "reference", "image_path"})
   return {k: [r.get(k) for r in recs for _ in range(repeat)] for k in keys}
 
 
@@ -180,18 +184,31 @@ def build_policy(spec: PolicySpec):
       if spec.lora_rank else None
   if spec.init == "toy":
     tok = toy.tokenizer()
-    cfg = LlavaConfig.tiny_text(len(tok), lora=lora)
+    cfg = toy_config(spec, tok, lora)
     return cfg, LlavaPolicy(cfg, rngs=nnx.Rngs(spec.seed)), tok
   cfg, model, tok = learned.load_policy(spec.init)
-  if cfg.vision is not None:
-    raise ValueError(f"policy.init {spec.init!r} has a vision tower; the trainer reads the reports "
-                     "as text (convert with `fifa convert llava --text-only`)")
   if lora is not None:  # fresh adapters on the released weights
     cfg = dataclasses.replace(cfg, llama=dataclasses.replace(cfg.llama, lora=lora))
     fresh = LlavaPolicy(cfg, rngs=nnx.Rngs(spec.seed))
     nnx.update(fresh, nnx.state(model, nnx.Param))
     model = fresh
   return cfg, model, tok
+
+
+def toy_config(spec: PolicySpec, tok, lora: LoraConfig | None = None) -> LlavaConfig:
+  cfg = LlavaConfig.tiny_text(len(tok), lora=lora)
+  if spec.toy_vision:
+    cfg = dataclasses.replace(cfg, vision=ViTConfig(image_size=32, patch_size=8, width=32, layers=2,
+                                                    heads=2, output_dim=16),
+                              image_token_id=tok.convert_tokens_to_ids("<image>"))
+  return cfg
+
+
+def has_vision(spec: PolicySpec) -> bool:
+  """Whether the policy sees images, read from its config alone (no weights loaded)."""
+  if spec.init == "toy":
+    return spec.toy_vision
+  return checkpoint.read_meta(spec.init)["config"].get("vision") is not None
 
 
 def train_filter(spec: PolicySpec):
@@ -223,41 +240,47 @@ class Steps:
                                           weight_decay=o.weight_decay))
     self.tx_grpo = optim.make_tx(o, max(1, steps * g.updates_per_batch))
 
-    def logprobs(params, frozen, rest, tokens, attention):
+    def logprobs(params, frozen, rest, tokens, attention, pixels):
       model = nnx.merge(graphdef, params, frozen, rest)
-      logits = model(tokens, attention_mask=attention)
+      logits = model(tokens, pixels, attention_mask=attention)
       return grpo.token_logprobs(logits, tokens, prompt_len)
 
-    def sft_update(params, frozen, rest, opt_state, tokens, attention, mask):
+    def sft_update(params, frozen, rest, opt_state, tokens, attention, mask, pixels):
       loss, grads = jax.value_and_grad(
-          lambda p: grpo.sft_loss(logprobs(p, frozen, rest, tokens, attention), mask))(params)
+          lambda p: grpo.sft_loss(logprobs(p, frozen, rest, tokens, attention, pixels), mask))(params)
       updates, opt_state = self.tx_sft.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state, {"loss": loss}
 
     def grpo_update(params, frozen, rest, opt_state, batch: grpo.Batch, old, ref):
       def loss_fn(p):
-        logp = logprobs(p, frozen, rest, batch.tokens, batch.attention)
+        logp = logprobs(p, frozen, rest, batch.tokens, batch.attention, batch.pixels)
         return grpo.grpo_loss(logp, old, ref, batch.advantages, batch.completion,
                               clip_eps=g.clip_eps, beta=g.beta)
       (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       updates, opt_state = self.tx_grpo.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state, {"loss": loss, **stats}
 
+    def embed(params, frozen, rest, ids, pixels):
+      return nnx.merge(graphdef, params, frozen, rest).embed_prompt(ids, pixels)
+
     self.logprobs = jax.jit(logprobs)
+    self.embed = jax.jit(embed)
     self.sft_update = jax.jit(sft_update, donate_argnums=(0, 3))
     self.grpo_update = jax.jit(grpo_update, donate_argnums=(3,))
-    self.gen_config = None
 
-  def sample(self, params, frozen, rest, ids, attention, key, tokenizer):
+  def sample(self, params, frozen, rest, ids, attention, pixels, key, tokenizer):
     g = self.g
-    if self.gen_config is None:
-      self.gen_config = gen.GenerationConfig(
-          max_new_tokens=g.max_new_tokens, do_sample=True, temperature=g.temperature,
-          top_k=g.top_k, top_p=g.top_p, eos_token_ids=(tokenizer.eos_token_id,),
-          pad_token_id=learned.pad_id(tokenizer))
+    config = gen.GenerationConfig(  # equal configs hash equal: the generator compiles once
+        max_new_tokens=g.max_new_tokens, do_sample=True, temperature=g.temperature,
+        top_k=g.top_k, top_p=g.top_p, eos_token_ids=(tokenizer.eos_token_id,),
+        pad_token_id=learned.pad_id(tokenizer))
     model = nnx.merge(self.graphdef, params, frozen, rest)
-    return gen.generate(model, jnp.asarray(ids), attention_mask=jnp.asarray(attention),
-                        config=self.gen_config, rng=key)
+    if pixels is None:
+      return gen.generate(model, jnp.asarray(ids), attention_mask=jnp.asarray(attention),
+                          config=config, rng=key)
+    embeds = self.embed(params, frozen, rest, jnp.asarray(ids), jnp.asarray(pixels))
+    return gen.generate(model, inputs_embeds=embeds, attention_mask=jnp.asarray(attention),
+                        config=config, rng=key)
 
 
 def _teacher_forced(tokenizer, prompts, answers, prompt_len: int, answer_len: int):
@@ -285,7 +308,12 @@ def train(cfg: AgentTrainConfig, workdir: str | Path, *, progress: bool = True,
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   records = load_records(cfg)
+  if has_vision(cfg.policy) and any(not isinstance(r.get("image"), str) for r in records):
+    raise ValueError("the policy has a vision tower: every record needs its 'image' "
+                     "(or train a text-only policy: `fifa convert llava --text-only`)")
   pcfg, model, tok = build_policy(cfg.policy)
+  if pcfg.vision is not None:
+    learned.image_token_check(tok, pcfg)
   graphdef, params, frozen, rest = nnx.split(model, train_filter(cfg.policy), nnx.Param, ...)
   params, frozen, rest = (nnx.to_pure_dict(s) for s in (params, frozen, rest))
   g = cfg.grpo
@@ -319,15 +347,16 @@ def train(cfg: AgentTrainConfig, workdir: str | Path, *, progress: bool = True,
         state["ref"] = jax.tree.map(jnp.copy, state["params"])
         state["opt_state"] = steps.tx_grpo.init(state["params"])
       recs = [records[i] for i in batch_indices(len(records), g.prompts_per_step, step, cfg.seed)]
-      prompts = [learned.chat_prompt(r["prompt"]) for r in recs]
+      prompts = [learned.chat_prompt(r["prompt"], image_tokens=pcfg.num_image_tokens) for r in recs]
+      pixels = _pixels(recs, pcfg)
       if step < cfg.sft_steps:
         tokens, attention, mask = _teacher_forced(tok, prompts, [r["reference"] for r in recs],
                                                   g.max_prompt_tokens, g.max_new_tokens)
         state["params"], state["opt_state"], m = steps.sft_update(
-            state["params"], frozen, rest, state["opt_state"], tokens, attention, mask)
+            state["params"], frozen, rest, state["opt_state"], tokens, attention, mask, pixels)
         metrics = {"sft/loss": float(m["loss"])}
       else:
-        metrics = _grpo_step(steps, state, frozen, rest, tok, recs, prompts, cfg, step)
+        metrics = _grpo_step(steps, state, frozen, rest, tok, recs, prompts, pixels, cfg, step)
       state["step"] = jnp.asarray(step + 1, jnp.int32)
       for k, v in metrics.items():
         acc.setdefault(k, []).append(v)
@@ -356,12 +385,22 @@ def train(cfg: AgentTrainConfig, workdir: str | Path, *, progress: bool = True,
   return last
 
 
-def _grpo_step(steps: Steps, state: dict, frozen, rest, tok, recs, prompts, cfg, step) -> dict:
+def _pixels(recs: list[dict], pcfg: LlavaConfig) -> np.ndarray | None:
+  """The records' images for a policy with a vision tower ([B, S, S, 3]), else None."""
+  if pcfg.vision is None:
+    return None
+  return np.stack([learned.clip_pixels(r.get("image_path", r.get("image")), pcfg.vision.image_size)
+                   for r in recs])
+
+
+def _grpo_step(steps: Steps, state: dict, frozen, rest, tok, recs, prompts, pixels, cfg, step) -> dict:
   g = cfg.grpo
   ids, attention, cut = learned.encode_prompts(tok, prompts, g.max_prompt_tokens)
   ids, attention = np.repeat(ids, g.group_size, 0), np.repeat(attention, g.group_size, 0)
+  if pixels is not None:
+    pixels = np.repeat(pixels, g.group_size, 0)
   key = jax.random.fold_in(jax.random.key(cfg.seed), step)
-  out = steps.sample(state["params"], frozen, rest, ids, attention, key, tok)
+  out = steps.sample(state["params"], frozen, rest, ids, attention, pixels, key, tok)
   tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
   completions = [tok.decode(t[:n], skip_special_tokens=True) for t, n in zip(tokens, lengths)]
   rep_prompts = [p for p in prompts for _ in range(g.group_size)]
@@ -373,9 +412,9 @@ def _grpo_step(steps: Steps, state: dict, frozen, rest, tok, recs, prompts, cfg,
   completion = np.arange(g.max_new_tokens)[None, :] < lengths[:, None]
   batch = grpo.Batch(tokens=np.concatenate([ids, tokens], 1).astype(np.int32),
                      attention=np.concatenate([attention, completion], 1),
-                     completion=completion, advantages=adv)
-  old = steps.logprobs(state["params"], frozen, rest, batch.tokens, batch.attention)
-  ref = steps.logprobs(state["ref"], frozen, rest, batch.tokens, batch.attention) \
+                     completion=completion, advantages=adv, pixels=pixels)
+  old = steps.logprobs(state["params"], frozen, rest, batch.tokens, batch.attention, pixels)
+  ref = steps.logprobs(state["ref"], frozen, rest, batch.tokens, batch.attention, pixels) \
       if g.beta else old
   for _ in range(g.updates_per_batch):
     state["params"], state["opt_state"], m = steps.grpo_update(

@@ -11,6 +11,7 @@ key maps by name; matrices are transposed and conv1 is permuted to HWIO.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -119,33 +120,64 @@ def _to_torch(a: np.ndarray):
   return torch.from_numpy(a)
 
 
+# transformers' CLIPVisionModel -> OpenAI CLIP names (models/vit.py keeps OpenAI's).
+_HF_TOP = {"embeddings.patch_embedding.weight": "conv1.weight",
+           "embeddings.class_embedding": "class_embedding",
+           "embeddings.position_embedding.weight": "positional_embedding",
+           "pre_layrnorm.weight": "ln_pre.weight", "pre_layrnorm.bias": "ln_pre.bias",
+           "post_layernorm.weight": "ln_post.weight", "post_layernorm.bias": "ln_post.bias"}
+_HF_LAYER = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1",
+             "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+_HF_LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.(.*)\.(weight|bias)$")
+
+
+def hf_clip_source(hf: stream.Source) -> stream.Source:
+  """A view of CLIPVisionModel keys (without `vision_model.`) under OpenAI names; q/k/v
+  are concatenated into `in_proj` when read, one layer at a time."""
+  plan: dict[str, list[str]] = {}  # OpenAI key -> HF keys, concatenated along axis 0
+  for key in hf.keys():
+    if key in _HF_TOP:
+      plan[_HF_TOP[key]] = [key]
+      continue
+    m = _HF_LAYER_KEY.match(key)
+    if not m:
+      raise ConversionError(f"unexpected CLIP vision key {key!r}")
+    i, module, leaf = m.groups()
+    if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+      plan.setdefault(f"transformer.resblocks.{i}.attn.in_proj_{leaf}",
+                      [f"encoder.layers.{i}.self_attn.{x}_proj.{leaf}" for x in "qkv"])
+    elif module in _HF_LAYER:
+      plan[f"transformer.resblocks.{i}.{_HF_LAYER[module]}.{leaf}"] = [key]
+    else:
+      raise ConversionError(f"unexpected CLIP vision key {key!r}")
+  info = {}
+  for key, parts in plan.items():
+    missing = [p for p in parts if p not in hf]
+    if missing:
+      raise ConversionError(f"the CLIP tower lacks {missing[0]!r} (needed for {key!r})")
+    first = hf.info[parts[0]]
+    info[key] = stream.TensorInfo((sum(hf.info[p].shape[0] for p in parts), *first.shape[1:]),
+                                  first.dtype)
+
+  def read(key: str) -> np.ndarray:
+    parts = plan[key]
+    return hf.read(parts[0]) if len(parts) == 1 else np.concatenate([hf.read(p) for p in parts])
+  return stream.Source(info, read, close=hf.close, metadata=hf.metadata)
+
+
 def hf_clip_to_openai(state_dict: Mapping[str, Any], proj: Any = None) -> dict[str, np.ndarray]:
-  """transformers CLIPVisionModel / CLIPModel vision keys -> OpenAI `visual.*` names.
+  """transformers CLIPVisionModel / CLIPModel vision keys -> OpenAI `visual.*` names, in memory.
 
   q/k/v are concatenated into in_proj; `proj` is CLIPModel's `visual_projection.weight`
   transposed, or given (CLIPVisionModel has none).
   """
-  t = {k.removeprefix("vision_model."): stream.torch_to_numpy(v) if hasattr(v, "detach")
-       else np.asarray(v) for k, v in state_dict.items()}
-  out = {
-      "conv1.weight": t["embeddings.patch_embedding.weight"],
-      "class_embedding": t["embeddings.class_embedding"],
-      "positional_embedding": t["embeddings.position_embedding.weight"],
-  }
-  for ours, theirs in (("ln_pre", "pre_layrnorm"), ("ln_post", "post_layernorm")):
-    out[f"{ours}.weight"], out[f"{ours}.bias"] = t[f"{theirs}.weight"], t[f"{theirs}.bias"]
-  n = 1 + max(int(k.split(".")[2]) for k in t if k.startswith("encoder.layers."))
-  for i in range(n):
-    p, q = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
-    for kind in ("weight", "bias"):
-      out[q + f"attn.in_proj_{kind}"] = np.concatenate(
-          [t[p + f"self_attn.{x}_proj.{kind}"] for x in "qkv"], 0)
-      for ours, theirs in (("attn.out_proj", "self_attn.out_proj"), ("mlp.c_fc", "mlp.fc1"),
-                           ("mlp.c_proj", "mlp.fc2"), ("ln_1", "layer_norm1"),
-                           ("ln_2", "layer_norm2")):
-        out[q + f"{ours}.{kind}"] = t[p + f"{theirs}.{kind}"]
-  if proj is None and "visual_projection.weight" in t:
-    proj = t["visual_projection.weight"].T
+  tower = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.")
+  vision = {k.removeprefix("vision_model."): v for k, v in state_dict.items()
+            if k.removeprefix("vision_model.").startswith(tower)}  # CLIPModel's text side is not
+  view = hf_clip_source(stream.dict_source(vision))
+  out = {k: view.read(k) for k in view.keys()}
+  if proj is None and "visual_projection.weight" in state_dict:
+    proj = stream.dict_source({"p": state_dict["visual_projection.weight"]}).read("p").T
   if proj is not None:
     out["proj"] = np.asarray(proj)
   return {PREFIX + k: v for k, v in out.items()}

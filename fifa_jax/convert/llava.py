@@ -9,7 +9,7 @@ A llava-hf folder holds config.json and safetensors in one of two spellings:
   language_model.lm_head                       lm_head
 
 (save_pretrained in 5.x writes the left column back.)  The CLIP tower is HF's
-CLIPVisionModel; models/vit.py keeps OpenAI's names (FaRL's), so the view below
+CLIPVisionModel; models/vit.py keeps OpenAI's names (FaRL's), so farl.hf_clip_source
 renames it and fuses q/k/v into `in_proj` on read.  CLIP's `visual_projection` is
 not part of a LLaVA and the policy's `proj` stays at its initial value (unused).
 """
@@ -39,17 +39,6 @@ _PARTS = (  # (regex on the checkpoint's key, the part, the key inside that part
   (re.compile(r"^(?:language_model\.)?(lm_head\..*)$"), "llm"),
 )
 
-# HF CLIPVisionModel -> OpenAI CLIP names (models/vit.py), per layer and at the ends.
-_CLIP_TOP = {"embeddings.patch_embedding.weight": "conv1.weight",
-             "embeddings.class_embedding": "class_embedding",
-             "embeddings.position_embedding.weight": "positional_embedding",
-             "pre_layrnorm.weight": "ln_pre.weight", "pre_layrnorm.bias": "ln_pre.bias",
-             "post_layernorm.weight": "ln_post.weight", "post_layernorm.bias": "ln_post.bias"}
-_CLIP_LAYER = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1",
-               "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
-_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.*)\.(weight|bias)$")
-
-
 def split_parts(source: stream.Source) -> tuple[stream.Source, stream.Source, stream.Source]:
   """(CLIP tower, projector, LLaMA) views with the part prefixes stripped."""
   views = []
@@ -67,40 +56,6 @@ def split_parts(source: stream.Source) -> tuple[stream.Source, stream.Source, st
   if unknown:
     raise ConversionError(f"not a LLaVA checkpoint: unexpected keys such as {unknown[:3]}")
   return tuple(views)
-
-
-def clip_as_openai(hf: stream.Source) -> stream.Source:
-  """HF CLIPVisionModel keys -> OpenAI CLIP keys; q/k/v fused into in_proj on read."""
-  plan: dict[str, list[str]] = {}  # OpenAI key -> HF keys (concatenated along axis 0)
-  for key in hf.keys():
-    if key in _CLIP_TOP:
-      plan[_CLIP_TOP[key]] = [key]
-      continue
-    m = _LAYER.match(key)
-    if not m:
-      raise ConversionError(f"unexpected CLIP vision key {key!r}")
-    i, module, leaf = m.groups()
-    if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
-      fused = f"transformer.resblocks.{i}.attn.in_proj_{leaf}"
-      plan.setdefault(fused, [f"encoder.layers.{i}.self_attn.{p}_proj.{leaf}" for p in "qkv"])
-      continue
-    if module not in _CLIP_LAYER:
-      raise ConversionError(f"unexpected CLIP vision key {key!r}")
-    plan[f"transformer.resblocks.{i}.{_CLIP_LAYER[module]}.{leaf}"] = [key]
-  for key, parts in plan.items():
-    missing = [p for p in parts if p not in hf]
-    if missing:
-      raise ConversionError(f"the CLIP tower lacks {missing[0]!r} (needed for {key!r})")
-  info = {}
-  for key, parts in plan.items():
-    first = hf.info[parts[0]]
-    shape = (sum(hf.info[p].shape[0] for p in parts), *first.shape[1:])
-    info[key] = stream.TensorInfo(shape, first.dtype)
-
-  def read(key: str) -> np.ndarray:
-    parts = plan[key]
-    return hf.read(parts[0]) if len(parts) == 1 else np.concatenate([hf.read(p) for p in parts])
-  return stream.Source(info, read, close=hf.close, metadata=hf.metadata)
 
 
 def config_from_hf(d: dict[str, Any], *, text_only: bool = False, dtype: str = "float32",
@@ -177,7 +132,7 @@ def load(path: str | Path, *, text_only: bool = False, param_dtype: str | None =
       param_dtype = str(llm.info["model.embed_tokens.weight"].dtype) \
           if "model.embed_tokens.weight" in llm.info else "float32"
     cfg = config_from_hf(hf_cfg, text_only=text_only, dtype=dtype, param_dtype=param_dtype)
-    source = _combined(None if text_only else clip_as_openai(vision), projector, llm)
+    source = _combined(None if text_only else farl.hf_clip_source(vision), projector, llm)
     with stream.progress_bar(len(source.keys()), "llava", progress) as bar:
       loaded = stream.load(lambda: LlavaPolicy(cfg, rngs=nnx.Rngs(seed)), entries, source,
                            ignore=lambda k: cfg.llama.tie_word_embeddings and k == "llm.lm_head.weight",

@@ -59,7 +59,7 @@ def plot(metrics_path: str | Path, out: str | Path, title: str | None = None) ->
 
 def plot_agent(rows: list[dict], out: str | Path, title: str) -> Path:
   """The learned aggregator's run: cold-start loss, then each reward per GRPO step."""
-  import matplotlib
+  import matplotlib  # lazy: matplotlib only when a curve is drawn
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # after choosing the headless backend
 
