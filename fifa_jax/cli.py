@@ -319,8 +319,8 @@ def _mesh(spec: Optional[str]):
 
 @app.command("eval")
 def evaluate(
-    checkpoint: str = typer.Option(..., help="Training workdir, WORKDIR/checkpoints/<step>, or a `fifa convert model` folder."),
-    data: str = typer.Option(..., help="Shards from `fifa data build` (qa/<split>/<task>-*.array_record + masks/)."),
+    checkpoint: str = typer.Option(..., help="Training workdir, WORKDIR/checkpoints/<step>, or a `fifa convert model` folder (local or gs://)."),
+    data: str = typer.Option(..., help="Shards from `fifa data build` (qa/<split>/<task>-*.array_record + masks/; local or gs://)."),
     split: str = typer.Option("test", help="train, dev or test."),
     out: str = typer.Option(..., help="Folder for report.md/json, predictions.jsonl and overlays/."),
     layout: str = typer.Option("fifa-bench", help="fifa-bench (Table 3), dd-vqa (Table 4) or dfa-bench (Table 5)."),
@@ -334,19 +334,26 @@ def evaluate(
 ) -> None:
   """FiFa-Bench / DD-VQA / DFA-Bench evaluation, data parallel over devices and hosts."""
   # lazy: `--help` and the other commands load none of this
+  import tempfile
+  from fifa_jax import paths
   from fifa_jax.eval import bench
   from fifa_jax.infer import load as load_lib
 
+  remote_out = out if paths.is_url(out) else None  # written locally, copied up at the end
+  local_out = tempfile.mkdtemp(prefix="fifa-eval-") if remote_out else out
   try:
     loaded = load_lib.load(checkpoint, tokenizer, param_dtype=param_dtype, mesh=_mesh(mesh))
-    result = bench.evaluate(loaded, data, split, out, layout=layout,
-                            tasks=tasks.split(",") if tasks else None, max_per_task=max_per_task,
-                            batch_size=batch_size, max_new_tokens=max_new_tokens)
+    result = bench.evaluate(loaded, str(paths.stage_in(data, "--data")), split, local_out,
+                            layout=layout, tasks=tasks.split(",") if tasks else None,
+                            max_per_task=max_per_task, batch_size=batch_size,
+                            max_new_tokens=max_new_tokens)
+    if result and remote_out:
+      paths.stage_out(local_out, remote_out, last=("report.json",))
   except (load_lib.CheckpointError, FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as e:
     typer.echo(f"fifa eval: error: {e}", err=True)
     raise typer.Exit(code=2)
   if result:
-    typer.echo((Path(out) / "report.md").read_text())
+    typer.echo((Path(local_out) / "report.md").read_text())
     typer.echo(f"wrote {out}/report.md, report.json, predictions.jsonl and overlays/")
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 
@@ -133,3 +134,19 @@ def override(obj: Any, updates: Any, prefix: str = "") -> Any:
     else:
       changes.update(_fields(type(obj), {key: value}, prefix))
   return dataclasses.replace(obj, **changes)
+
+
+def read_yaml(path) -> dict:
+  """A YAML file's top-level mapping ({} when empty); a ConfigError names the file when it
+  cannot be read, is not YAML, or is not a mapping."""
+  import yaml  # noqa: PLC0415  (only the commands that read YAML need it)
+
+  try:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+  except OSError as e:
+    raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+  except yaml.YAMLError as e:
+    raise ConfigError(f"{path}: not YAML ({e})") from None
+  if not isinstance(data, dict):
+    raise ConfigError(f"{path}: top level must be a mapping")
+  return data

@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # The parts of fifa_jax, lowest first: a part imports only lower ranks (never its peers).
-RANK = {"fict": 0, "mesh": 0, "schema": 0, "prep_env": 0, "endpoint": 0, "tokens": 1, "models": 2, "data": 2, "checkpoint": 3, "config": 4,
+RANK = {"fict": 0, "mesh": 0, "schema": 0, "prep_env": 0, "endpoint": 0, "paths": 0, "tokens": 1, "models": 2, "data": 2, "checkpoint": 3, "config": 4,
         "convert": 5, "train": 5, "infer": 5, "eval": 6, "api": 6, "serve": 7, "agent": 7, "cli": 8}
 # data_prep (the annotator, its own environment) shares only the vocabulary and the record contract.
 DATA_PREP_MAY_USE = {"fict", "tokens", "endpoint", "fifa_jax.data.records"}

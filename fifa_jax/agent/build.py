@@ -33,7 +33,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from fifa_jax import schema
 from fifa_jax.agent import semantic
@@ -96,12 +95,7 @@ NEEDS = {"face": ("checkpoint",), "semantic": ("proposers", "adjudicator"), "com
 def load(path: str | os.PathLike | None, data: dict[str, Any] | None = None) -> AgentConfig:
   """From a YAML file (or a dict); schema.ConfigError names a bad key."""
   if data is None:
-    try:
-      data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-      raise schema.ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-      raise schema.ConfigError(f"{path}: not YAML ({e})") from None
+    data = schema.read_yaml(path)
   cfg = schema.decode(AgentConfig, data)
   if not cfg.experts:
     raise schema.ConfigError("experts: name at least one expert")

@@ -104,19 +104,9 @@ class AgentTrainConfig:
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
                 ) -> AgentTrainConfig:
   """The YAML at `path` (None: the defaults) with `key.path=value` overrides, strictly."""
-  import yaml  # noqa: PLC0415
+  from fifa_jax.config import parse_override  # noqa: PLC0415  (the one `--set` syntax)
 
-  from fifa_jax.config import parse_override  # noqa: PLC0415
-
-  data = {}
-  if path is not None:
-    try:
-      data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-      raise schema.ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-      raise schema.ConfigError(f"{path}: not YAML ({e})") from None
-  cfg = schema.decode(AgentTrainConfig, data)
+  cfg = schema.decode(AgentTrainConfig, schema.read_yaml(path) if path is not None else {})
   for o in overrides:
     cfg = schema.override(cfg, parse_override(o))
   unknown = set(cfg.rewards) - set(rewards.ALL_REWARDS)

@@ -1,15 +1,19 @@
-"""`fifa convert farl|llama|sam|model|peft`: the converters on the command line.
+"""`fifa convert farl|llama|llava|sam|model|peft`: the converters on the command line.
 
 Direction follows the source: a fifa-jax folder (with fifa_jax.json) is exported to
-PyTorch/HF, anything else is imported into a fifa-jax folder.  Bad input (a
-missing, unexpected or mis-shaped key, a missing file) prints one clear message
-and exits with status 2.  Heavy imports happen inside the commands.
+PyTorch/HF, anything else is imported into a fifa-jax folder.  Inputs and outputs may
+be URLs (gs://...): inputs are staged into a local cache, an output is written locally
+and copied up when complete, its marker file last (fifa_jax/paths.py).  Bad input (a
+missing, unexpected or mis-shaped key, a missing file) prints one clear message and
+exits with status 2.  Heavy imports happen inside the commands.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -32,12 +36,45 @@ def _guard(name: str):
       logging.basicConfig(level=logging.WARNING, format="%(message)s")
       logging.getLogger("fifa_jax").setLevel(logging.INFO)
       try:
-        return fn(*args, **kwargs)
-      except (ConversionError, FileNotFoundError, KeyError) as e:
+        with _staged(kwargs) as staged:
+          return fn(*args, **staged)
+      except (ConversionError, FileNotFoundError, KeyError, ValueError) as e:
         typer.echo(f"fifa convert {name}: {e}", err=True)
         raise typer.Exit(code=2) from None
     return run
   return wrap
+
+
+INPUTS = ("src", "farl_path", "llama_path", "sam_path")
+# Written last when an output goes up to a URL: a reader never takes a half-copied folder
+# for a whole one (a model folder's marker, an HF folder's config and shard index).
+MARKERS = ("fifa_jax.json", "config.json", "model.safetensors.index.json", "fifa_config.json")
+
+
+@contextlib.contextmanager
+def _staged(kwargs: dict):
+  """The command's path arguments as local Paths: URL inputs staged in (paths.stage_in); a
+  URL output written to a temporary folder and copied up when the command succeeds."""
+  from fifa_jax import paths  # noqa: PLC0415  (lazy, as every import of this module)
+  from fifa_jax.convert.stream import ConversionError  # noqa: PLC0415
+
+  out = dict(kwargs)
+  for key in INPUTS:
+    if out.get(key) is not None:
+      out[key] = paths.stage_in(out[key], key.removesuffix("_path"))
+  url = out.get("out") if paths.is_url(out.get("out")) else None
+  if url is None:
+    if out.get("out") is not None:
+      out["out"] = Path(out["out"])
+    yield out
+    return
+  if paths.is_nonempty(url):
+    raise ConversionError(f"{url} exists and is not empty; choose a new folder")
+  with tempfile.TemporaryDirectory(prefix="fifa-convert-") as tmp:
+    out["out"] = Path(tmp) / url.rstrip("/").rsplit("/", 1)[-1]
+    yield out
+    if out["out"].exists():
+      paths.stage_out(out["out"], url, last=MARKERS)
 
 
 def _say(msg: str) -> None:
@@ -65,8 +102,8 @@ def register(app: typer.Typer) -> None:
 
   @app.command("farl")
   @_guard("farl")
-  def farl_cmd(src: Path = typer.Argument(..., help="FaRL .pth (or a fifa-jax 'vit' folder to export)."),
-               out: Path = typer.Argument(..., help="Output folder (import) or .pth/.safetensors (export)."),
+  def farl_cmd(src: str = typer.Argument(..., help="FaRL .pth (or a fifa-jax 'vit' folder to export)."),
+               out: str = typer.Argument(..., help="Output folder (import) or .pth/.safetensors (export)."),
                heads: Optional[int] = typer.Option(None, help="Attention heads (default width // 64)."),
                dtype: Optional[str] = DTYPE, allow_pickle: bool = ALLOW_PICKLE,
                quiet: bool = QUIET) -> None:
@@ -86,9 +123,9 @@ def register(app: typer.Typer) -> None:
 
   @app.command("llama")
   @_guard("llama")
-  def llama_cmd(src: Path = typer.Argument(..., help="HF LLaMA/Vicuna folder, GLaMM/LISA checkpoint, "
+  def llama_cmd(src: str = typer.Argument(..., help="HF LLaMA/Vicuna folder, GLaMM/LISA checkpoint, "
                                            "or a fifa-jax 'llama'/'fifa' folder to export."),
-                out: Path = typer.Argument(..., help="Output folder."),
+                out: str = typer.Argument(..., help="Output folder."),
                 dtype: Optional[str] = DTYPE,
                 merge_lora: bool = typer.Option(False, help="Export: fold LoRA adapters into the weights."),
                 shard_gb: float = typer.Option(5.0, help="Export: shard size in GB."),
@@ -114,8 +151,8 @@ def register(app: typer.Typer) -> None:
 
   @app.command("llava")
   @_guard("llava")
-  def llava_cmd(src: Path = typer.Argument(..., help="llava-hf folder (config.json + safetensors)."),
-                out: Path = typer.Argument(..., help="Output fifa-jax folder."),
+  def llava_cmd(src: str = typer.Argument(..., help="llava-hf folder (config.json + safetensors)."),
+                out: str = typer.Argument(..., help="Output fifa-jax folder."),
                 text_only: bool = typer.Option(False, "--text-only",
                                                help="Keep the LLaMA alone (the CPU policy mode)."),
                 dtype: Optional[str] = DTYPE, quiet: bool = QUIET) -> None:
@@ -133,8 +170,8 @@ def register(app: typer.Typer) -> None:
 
   @app.command("sam")
   @_guard("sam")
-  def sam_cmd(src: Path = typer.Argument(..., help="segment-anything / LISA / GLaMM checkpoint."),
-              out: Path = typer.Argument(..., help="Output fifa-jax folder."),
+  def sam_cmd(src: str = typer.Argument(..., help="segment-anything / LISA / GLaMM checkpoint."),
+              out: str = typer.Argument(..., help="Output fifa-jax folder."),
               pixel: bool = typer.Option(False, help="Also load SAM's upscaling into a SAM-variant pixel decoder."),
               hypernetwork: int = typer.Option(0, help="Which mask-token MLP becomes the query MLP."),
               heads: int = typer.Option(8, help="Attention heads of the two-way transformer."),
@@ -152,16 +189,16 @@ def register(app: typer.Typer) -> None:
 
   @app.command("model")
   @_guard("model")
-  def model_cmd(src: Optional[Path] = typer.Argument(None, help="Whole-model PyTorch state dict "
+  def model_cmd(src: Optional[str] = typer.Argument(None, help="Whole-model PyTorch state dict "
                                                      "(folder/.safetensors/.pth) or a fifa-jax 'fifa' folder."),
-                out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+                out: str = typer.Option(..., "--out", "-o", help="Output folder."),
                 config: Optional[str] = typer.Option(None, help="paper, cpu, tiny, a fifa_config.json, or a training "
                                                      "YAML (the model `fifa train` builds from it, "
                                                      "tokenizer ids included; default: the one stored "
                                                      "with the weights)."),
-                farl_path: Optional[Path] = typer.Option(None, "--farl", help="Assemble: FaRL .pth."),
-                llama_path: Optional[Path] = typer.Option(None, "--llama", help="Assemble: HF Vicuna folder."),
-                sam_path: Optional[Path] = typer.Option(None, "--sam", help="Assemble: SAM/GLaMM checkpoint."),
+                farl_path: Optional[str] = typer.Option(None, "--farl", help="Assemble: FaRL .pth."),
+                llama_path: Optional[str] = typer.Option(None, "--llama", help="Assemble: HF Vicuna folder."),
+                sam_path: Optional[str] = typer.Option(None, "--sam", help="Assemble: SAM/GLaMM checkpoint."),
                 overrides: list[str] = typer.Option([], "--set", "-s", help="With a training YAML: a "
                                                     "dotted override, as in `fifa train` (repeatable)."),
                 dtype: Optional[str] = DTYPE, allow_pickle: bool = ALLOW_PICKLE,
@@ -194,8 +231,8 @@ def register(app: typer.Typer) -> None:
 
   @app.command("peft")
   @_guard("peft")
-  def peft_cmd(src: Path = typer.Argument(..., help="fifa-jax 'llama' or 'fifa' folder with LoRA."),
-               out: Path = typer.Argument(..., help="Output folder."),
+  def peft_cmd(src: str = typer.Argument(..., help="fifa-jax 'llama' or 'fifa' folder with LoRA."),
+               out: str = typer.Argument(..., help="Output folder."),
                merged: bool = typer.Option(False, help="Write an HF folder with the adapters merged instead."),
                base: Optional[str] = typer.Option(None, help="base_model_name_or_path to record."),
                dtype: Optional[str] = DTYPE, quiet: bool = QUIET) -> None:

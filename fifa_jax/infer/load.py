@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from flax import nnx, traverse_util
 
-from fifa_jax import checkpoint, config as config_lib, mesh as mesh_lib, tokens
+from fifa_jax import checkpoint, config as config_lib, mesh as mesh_lib, paths, tokens
 from fifa_jax.checkpoint import CheckpointError  # noqa: F401 (raised here; callers catch it)
 from fifa_jax.models.decoding import decoding_layout
 from fifa_jax.models.fifa import FiFaConfig, FiFaMLLM
@@ -54,7 +54,7 @@ def _run_dir_and_step(path: Path) -> tuple[Path, int | None] | None:
 
 def load(path: str | Path, tokenizer: str | None = None, *, layout: str = "decoding",
          param_dtype: str | None = None, mesh: Mesh | None = None) -> Loaded:
-  """The model, its config and tokenizer from a checkpoint path (see module doc).
+  """The model, its config and tokenizer from a checkpoint path or URL (see module doc).
   `param_dtype` (decoding layout only): the weights' dtype; default each part's compute dtype.
   `mesh`: the weights are sharded over it by the training's logical-axis rules (mesh.py),
   after being read and laid out in host memory, never whole on one accelerator."""
@@ -62,6 +62,9 @@ def load(path: str | Path, tokenizer: str | None = None, *, layout: str = "decod
     raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
   if param_dtype is not None and param_dtype not in PARAM_DTYPES:
     raise ValueError(f"--param-dtype must be one of {', '.join(PARAM_DTYPES)}, got {param_dtype!r}")
+  path = paths.stage_in(path, "checkpoint")  # a gs:// (or other URL) folder: a local copy
+  if tokenizer is not None:
+    tokenizer = str(paths.stage_in(tokenizer, "tokenizer"))
   with _on_host() if mesh is not None else contextlib.nullcontext():
     loaded = _load(Path(path), tokenizer)
     if layout == "decoding":

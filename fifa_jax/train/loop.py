@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from fifa_jax import checkpoint as ckpt_lib, config as config_lib, mesh as mesh_lib, tokens
+from fifa_jax import checkpoint as ckpt_lib, config as config_lib, mesh as mesh_lib, paths, tokens
 from fifa_jax.data import pipeline
 from fifa_jax.train import distributed, metrics as metrics_lib, optim
 from fifa_jax.train import state as state_lib, step as step_lib
@@ -129,14 +129,27 @@ def evaluate(cfg, setup, layout, eval_step, state, pad_id) -> dict[str, float]:
 
 
 def local_dir(workdir: str) -> Path:
-  """Where metrics go: the workdir, or for a remote one (gs://...) ./fifa_metrics/<name>."""
+  """Where metrics go: the workdir, or for a remote one (gs://...) ./fifa_metrics/<name>,
+  copied into the remote workdir when the run stops."""
   if "://" in workdir:
     return Path("fifa_metrics") / workdir.rstrip("/").rsplit("/", 1)[-1]
   return Path(workdir)
 
 
+def stage_inputs(cfg: config_lib.Config) -> None:
+  """Local copies of the run's inputs given as URLs (paths.py): the data folder, the
+  initial weights and the tokenizer.  Each host stages its own copy."""
+  if paths.is_url(cfg.data.root):
+    cfg.data.root = str(paths.stage_in(cfg.data.root, "data.root"))
+  if paths.is_url(cfg.model.init_from):
+    cfg.model.init_from = str(paths.stage_in(cfg.model.init_from, "model.init_from"))
+  if paths.is_url(cfg.model.tokenizer):
+    cfg.model.tokenizer = str(paths.stage_in(cfg.model.tokenizer, "model.tokenizer"))
+
+
 def train(cfg: config_lib.Config, workdir: str | Path) -> int:
   workdir = str(workdir)
+  stage_inputs(cfg)
   enable_compilation_cache()
   distributed.maybe_initialize(cfg.distributed)
   mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
@@ -258,6 +271,8 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
       bar.close()
     writer.close()
     ckpt.close()
+    if paths.is_url(workdir) and jax.process_index() == 0:  # the metrics join the checkpoints
+      paths.stage_out(local_dir(workdir), workdir)
   if status == EXIT_OK:
     log(f"done: {step} steps; checkpoints in {ckpt.directory}")
   return status

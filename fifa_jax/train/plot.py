@@ -48,7 +48,13 @@ def plot(metrics_path: str | Path, out: str | Path, title: str | None = None) ->
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-  fig.suptitle(title or str(metrics_path))
+  return _save(fig, out, title or str(metrics_path))
+
+
+def _save(fig, out: str | Path, title: str) -> Path:
+  import matplotlib.pyplot as plt  # noqa: PLC0415  (lazy: as above; the backend is chosen)
+
+  fig.suptitle(title)
   fig.tight_layout()
   out = Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -83,13 +89,7 @@ def plot_agent(rows: list[dict], out: str | Path, title: str) -> Path:
   for ax in axes:
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-  fig.suptitle(title)
-  fig.tight_layout()
-  out = Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
-  return out
+  return _save(fig, out, title)
 
 
 def main() -> None:
