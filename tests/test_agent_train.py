@@ -178,9 +178,12 @@ def test_resume_is_bit_equal(tmp_path):
 
 
 def test_agent_train_command_rejects_bad_settings_in_one_line(tmp_path):
+  (tmp_path / "no_method.jsonl").write_text('{"prompt": "Q", "label": "fake"}\n')
   for args, message in ((["--set", "rewards.fromat=1"], "rewards: unknown ['fromat']"),
                         (["--set", "grpo.group_size=1"], "group_size must be at least 2"),
-                        (["--set", "data=missing.jsonl"], "data 'missing.jsonl': no such file")):
+                        (["--set", "data=missing.jsonl"], "data 'missing.jsonl': no such file"),
+                        (["--set", f"data={tmp_path / 'no_method.jsonl'}", "--set", "sft_steps=0"],
+                         "record 1 has no 'method', which the tool_selection reward reads")):
     r = CliRunner().invoke(app, ["agent", "train", "--workdir", str(tmp_path / "w"), *args])
     assert r.exit_code == 2, r.output
     lines = r.output.strip().splitlines()

@@ -171,6 +171,9 @@ REWARDS: dict[str, Callable[..., list[float]]] = {
 
 
 ALL_REWARDS = {**REWARDS, **SEMANTIC_REWARDS}
+# The dataset columns each reward reads (beyond prompts and completions).
+COLUMNS = {"accuracy": ("label",), "tool_selection": ("method",), "semantic_accuracy": ("label",),
+           "box_iou": ("label", "box")}
 
 
 def total(prompts, completions, weights: Mapping[str, float] | None = None, **columns) -> np.ndarray:

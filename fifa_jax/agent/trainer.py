@@ -146,7 +146,32 @@ def load_records(cfg: AgentTrainConfig) -> list[dict]:
     raise ValueError(f"{path}: no records")
   if cfg.sft_steps and any(not isinstance(r.get("reference"), str) for r in out):
     raise ValueError(f"{path}: sft_steps needs a 'reference' answer in every record")
+  for name, weight in cfg.rewards.items():
+    for column in rewards.COLUMNS.get(name, ()) if weight else ():
+      lacking = next((n for n, r in enumerate(out, 1) if column not in r), None)
+      if lacking is not None:
+        raise ValueError(f"{path}: record {lacking} has no {column!r}, which the {name} reward "
+                         "reads (give it, or set its weight to 0)")
   return out
+
+
+def check_lengths(records: list[dict], tok, cfg: AgentTrainConfig, image_tokens: int) -> None:
+  """Prompts must fit max_prompt_tokens (a vision policy's image tokens cannot be cut), and
+  the cold start's answers max_new_tokens; what does not fit is named before any step."""
+  g = cfg.grpo
+  longest = max(len(tok.encode(learned.chat_prompt(r["prompt"], image_tokens=image_tokens)))
+                for r in records)
+  if longest > g.max_prompt_tokens and image_tokens:
+    raise ValueError(f"grpo.max_prompt_tokens {g.max_prompt_tokens} is shorter than the longest "
+                     f"prompt ({longest} tokens with {image_tokens} image tokens)")
+  if longest > g.max_prompt_tokens:
+    log.warning("prompts up to %d tokens are cut from the left to grpo.max_prompt_tokens %d",
+                longest, g.max_prompt_tokens)
+  if cfg.sft_steps:
+    answer = max(len(tok.encode(r["reference"], add_special_tokens=False)) + 1 for r in records)
+    if answer > g.max_new_tokens:
+      log.warning("reference answers up to %d tokens (with </s>) are cut to grpo.max_new_tokens %d",
+                  answer, g.max_new_tokens)
 
 
 def batch_indices(n_records: int, per_step: int, step: int, seed: int) -> np.ndarray:
@@ -304,6 +329,7 @@ def train(cfg: AgentTrainConfig, workdir: str | Path, *, progress: bool = True,
   pcfg, model, tok = build_policy(cfg.policy)
   if pcfg.vision is not None:
     learned.image_token_check(tok, pcfg)
+  check_lengths(records, tok, cfg, pcfg.num_image_tokens)
   graphdef, params, frozen, rest = nnx.split(model, train_filter(cfg.policy), nnx.Param, ...)
   params, frozen, rest = (nnx.to_pure_dict(s) for s in (params, frozen, rest))
   g = cfg.grpo
