@@ -3,7 +3,7 @@ against majority vote, on records it never trained on.
 
   .venv/bin/python bench/agent_toy_eval.py RUN/policy [--records 256] [--seed 7]
 
-RUN is a `fifa agent train --config configs/agent_grpo_toy.yaml` workdir.  Prints the
+RUN is a `fifa agent train --config configs/agent/grpo_toy.yaml` workdir.  Prints the
 mean of each reward over the greedy answers, and the accuracy of a majority vote over
 the three experts' verdicts on the same records (the baseline a learned aggregator
 should beat: the domain's expert is always right, the other two guess).

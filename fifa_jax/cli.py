@@ -735,7 +735,7 @@ def agent_dataset(
 @agent_app.command("train")
 def agent_train(
     workdir: str = typer.Option(..., help="Run folder: checkpoints/, metrics.jsonl, policy/ (resumed when it has checkpoints)."),
-    config: Optional[str] = typer.Option(None, help="GRPO YAML (configs/agent_grpo_toy.yaml); default: the toy task's settings."),
+    config: Optional[str] = typer.Option(None, help="GRPO YAML (configs/agent/grpo_toy.yaml); default: the toy task's settings."),
     overrides: list[str] = typer.Option([], "--set", "-s", help="A dotted override, e.g. --set steps=200 (repeatable)."),
     stop_at: Optional[int] = typer.Option(None, help="Save and stop after this many steps in all (a rerun resumes)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),

@@ -5,6 +5,7 @@ policy whose reward rises on the toy task, bit-equal resume, and `fifa agent eva
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,9 @@ from fifa_jax.agent.reports import Report, write_reports
 from fifa_jax.checkpoint import load_params
 from fifa_jax.cli import app
 from fifa_jax.convert import checkpoint as conv_ckpt
+
+REPO = Path(__file__).resolve().parent.parent
+TOY_YAML = REPO / "configs" / "agent" / "grpo_toy.yaml"
 
 # -- the GRPO loss ---------------------------------------------------------------
 
@@ -142,7 +146,7 @@ TOY = ["grpo.group_size=8", "grpo.prompts_per_step=4", "grpo.max_prompt_tokens=7
 def toy_run(tmp_path_factory):
   """The toy policy: a 100-step cold start, then 40 GRPO steps."""
   work = tmp_path_factory.mktemp("toy")
-  cfg = trainer.load_config("configs/agent_grpo_toy.yaml", TOY + ["sft_steps=100", "steps=40",
+  cfg = trainer.load_config(TOY_YAML, TOY + ["sft_steps=100", "steps=40",
                                                                   "checkpoint_every=1000"])
   trainer.train(cfg, work, progress=False)
   return work
@@ -163,7 +167,7 @@ def test_grpo_raises_the_toy_policys_mean_reward(toy_run):
 
 def test_resume_is_bit_equal(tmp_path):
   overrides = TOY + ["sft_steps=3", "steps=4", "checkpoint_every=1000", "toy_records=16"]
-  cfg = trainer.load_config("configs/agent_grpo_toy.yaml", overrides)
+  cfg = trainer.load_config(TOY_YAML, overrides)
   trainer.train(cfg, tmp_path / "straight", progress=False)
   trainer.train(cfg, tmp_path / "cut", progress=False, stop_at=5)  # in the GRPO phase
   assert not (tmp_path / "cut" / "policy").exists()  # unfinished: no policy folder yet
@@ -175,6 +179,12 @@ def test_resume_is_bit_equal(tmp_path):
   assert all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))
   ref0 = load_params(tmp_path / "cut" / "checkpoints", step=5, parts=("ref",))["ref"]
   assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(ref0), jax.tree.leaves(b["ref"])))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "agent").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_agent_recipe_loads(path):
+  cfg = trainer.load_config(path)
+  assert cfg.steps > 0 and sum(cfg.rewards.values()) > 0
 
 
 def test_agent_train_command_rejects_bad_settings_in_one_line(tmp_path):
@@ -250,7 +260,7 @@ def test_grpo_trains_a_policy_that_sees_the_image(tmp_path):
     cv2.imwrite(str(tmp_path / f"{i}.png"), rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
     r["image"] = f"{i}.png"
   (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-  cfg = trainer.load_config("configs/agent_grpo_toy.yaml", TOY + [
+  cfg = trainer.load_config(TOY_YAML, TOY + [
       f"data={tmp_path / 'data.jsonl'}", "policy.toy_vision=true", "grpo.max_prompt_tokens=88",
       "grpo.group_size=2", "grpo.prompts_per_step=2", "grpo.updates_per_batch=1",
       "sft_steps=1", "steps=1", "checkpoint_every=1"])
@@ -267,6 +277,6 @@ def test_grpo_trains_a_policy_that_sees_the_image(tmp_path):
   logits = np.asarray(policy(jnp.asarray(ids), jnp.asarray(pixels), attention_mask=jnp.asarray(att)))
   assert not np.allclose(logits[0, -1], logits[1, -1])  # the answer depends on the image
   with pytest.raises(ValueError, match="every record needs its 'image'"):
-    trainer.train(trainer.load_config("configs/agent_grpo_toy.yaml", TOY + [
+    trainer.train(trainer.load_config(TOY_YAML, TOY + [
         "policy.toy_vision=true", "toy_records=8", "sft_steps=1", "steps=1"]), tmp_path / "bad",
         progress=False)

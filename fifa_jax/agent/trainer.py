@@ -1,6 +1,6 @@
 """`fifa agent train`: the learned aggregator's policy, trained with GRPO (grpo.py).
 
-  fifa agent train --config configs/agent_grpo_toy.yaml --workdir runs/agg
+  fifa agent train --config configs/agent/grpo_toy.yaml --workdir runs/agg
 
 Each step takes `prompts_per_step` records in a seeded order, samples
 `group_size` completions of each with the project's generator (models/generate.py,
