@@ -152,6 +152,7 @@ def toy_run(tmp_path_factory):
   return work
 
 
+@pytest.mark.slow  # a training run
 def test_grpo_raises_the_toy_policys_mean_reward(toy_run):
   rows = [json.loads(line) for line in (toy_run / "metrics.jsonl").read_text().splitlines()]
   grpo_rows = [r for r in rows if "reward/total" in r]
@@ -165,6 +166,7 @@ def test_grpo_raises_the_toy_policys_mean_reward(toy_run):
   assert all(r["sft/loss"] < 0.5 for r in rows if r["step"] == 100)
 
 
+@pytest.mark.slow  # a training run
 def test_resume_is_bit_equal(tmp_path):
   overrides = TOY + ["sft_steps=3", "steps=4", "checkpoint_every=1000", "toy_records=16"]
   cfg = trainer.load_config(TOY_YAML, overrides)
@@ -200,6 +202,7 @@ def test_agent_train_command_rejects_bad_settings_in_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("fifa agent train: error:") and message in lines[0]
 
 
+@pytest.mark.slow  # a training run
 def test_learned_aggregator_in_agent_eval(toy_run, tmp_path):
   """Reports -> `fifa agent dataset` -> the toy policy as `--aggregator learned`."""
   recs = toy.records(6, seed=9)
@@ -251,6 +254,7 @@ def test_policy_prompt_lists_the_experts_as_methods():
   assert learned.chat_prompt("Q", image_tokens=2) == "USER: <image><image>\nQ ASSISTANT:"
 
 
+@pytest.mark.slow  # a training run
 def test_grpo_trains_a_policy_that_sees_the_image(tmp_path):
   """The vision path: the toy policy with a tiny CLIP tower, records with images."""
   import cv2

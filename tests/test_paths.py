@@ -116,6 +116,7 @@ def test_convert_reads_and_writes_urls(gcs, tmp_path):
   assert r.exit_code == 2 and "gs://b/policy exists and is not empty" in r.output
 
 
+@pytest.mark.slow  # an evaluation run
 def test_fifa_eval_reads_and_writes_urls(gcs, workdir):
   run, data, _ = workdir
   paths.stage_out(run, "gs://b/run")
