@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from flax import nnx
 
 from fifa_jax import checkpoint, schema
 from fifa_jax.agent import grpo, learned, rewards, toy
-from fifa_jax.config import OptimConfig
+from fifa_jax.config import OptimConfig, parse_override
 from fifa_jax.models import generate as gen
 from fifa_jax.models.llava import LlavaConfig, LlavaPolicy
 from fifa_jax.models.lora import LoraConfig
@@ -104,8 +105,6 @@ class AgentTrainConfig:
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
                 ) -> AgentTrainConfig:
   """The YAML at `path` (None: the defaults) with `key.path=value` overrides, strictly."""
-  from fifa_jax.config import parse_override  # noqa: PLC0415  (the one `--set` syntax)
-
   cfg = schema.decode(AgentTrainConfig, schema.read_yaml(path) if path is not None else {})
   for o in overrides:
     cfg = schema.override(cfg, parse_override(o))
@@ -445,8 +444,6 @@ def _grpo_step(steps: Steps, state: dict, frozen, rest, tok, recs, prompts, pixe
 
 def export(path: Path, pcfg: LlavaConfig, graphdef, params, frozen, rest, tok) -> Path:
   """The trained policy as a model folder (kind "llava") with its tokenizer."""
-  import shutil  # noqa: PLC0415
-
   model = nnx.merge(graphdef, params, frozen, rest)
   tmp = path.with_name(path.name + ".partial")
   shutil.rmtree(tmp, ignore_errors=True)
