@@ -1,15 +1,16 @@
 """Can the Face Encoder learn to see forgeries from scratch?  A one-minute check.
 
-  .venv/bin/python bench/encoder_probe.py SYNTH_DIR [--arch vit|cnn] [--steps 300] [--lr 2e-3]
+  .venv/bin/python bench/encoder_probe.py SYNTH_DIR [--arch vit|vit-plain|cnn] [--steps 300] [--lr 2e-3]
 
 SYNTH_DIR is a `fifa data synth` folder (manifest.jsonl with train/test splits,
 one person per split).  The probe trains only the image side of the Det. task,
 no LLM: the cpu preset's Face Encoder (FaRL's ViT layout) -> decoder projector ->
 Multi-Task Decoder's [D] pass -> Det. head, on class-balanced batches of 16 with
 the training pipeline's augmentation, and prints the accuracy on the training
-faces and on the held-out person every 50 steps.  `--arch cnn` swaps the image
-side for three 3x3 convolutions and a global max pool, as a yardstick for how
-learnable the forgeries are at all.
+faces and on the held-out person every 50 steps.  `--arch vit-plain` is the same
+encoder without the cpu preset's convolutional stem (FaRL's plain 16-px
+patchify); `--arch cnn` swaps the image side for three 3x3 convolutions and a
+global max pool, as a yardstick for how learnable the forgeries are at all.
 
 Why it exists: the demo model's Det. head stays at chance on the held-out person
 (docs/learning.md section 4).  This isolates the image side in a loop that takes a
@@ -19,6 +20,7 @@ minute instead of the demo's eight.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -83,7 +85,7 @@ class SmallCnn(nnx.Module):
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("synth", type=Path, help="a `fifa data synth` output folder")
-  p.add_argument("--arch", choices=("vit", "cnn"), default="vit")
+  p.add_argument("--arch", choices=("vit", "vit-plain", "cnn"), default="vit")
   p.add_argument("--steps", type=int, default=300)
   p.add_argument("--lr", type=float, default=2e-3)
   p.add_argument("--seed", type=int, default=0)
@@ -92,11 +94,13 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
 
   config = FiFaConfig.cpu()
+  if args.arch == "vit-plain":
+    config = dataclasses.replace(config, vit=dataclasses.replace(config.vit, stem=()))
   x_train, y_train = load_split(args.synth, "train", config.image_size)
   x_test, y_test = load_split(args.synth, "test", config.image_size)
   print(f"train: {len(y_train)} faces ({y_train.mean():.0%} fake); "
         f"held-out person: {len(y_test)} ({y_test.mean():.0%} fake)")
-  model = FaceEncoderDet(config, args.seed) if args.arch == "vit" else SmallCnn(args.seed)
+  model = SmallCnn(args.seed) if args.arch == "cnn" else FaceEncoderDet(config, args.seed)
   schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, 30, args.steps, 0.05 * args.lr)
   optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=0.01), wrt=nnx.Param)
 

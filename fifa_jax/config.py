@@ -311,8 +311,26 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
   for layer in layers:
     _apply(cfg, layer)
   for o in overrides:
-    _apply(cfg, parse_override(o))
+    _apply(cfg, _into_mapping(cfg, o))
   return cfg.validate() if validate else cfg
+
+
+def _into_mapping(cfg: Config, text: str) -> dict:
+  """The update of one override.  A path that runs into a mapping field
+  (`data.tasks.det=8`) sets that key and keeps the others; `data.tasks={det: 1}`
+  still replaces the whole mapping."""
+  update = parse_override(text)
+  keys = text.split("=", 1)[0].strip().split(".")
+  obj, node = cfg, update
+  for depth, key in enumerate(keys[:-1]):
+    current = getattr(obj, key, None) if dataclasses.is_dataclass(obj) else None
+    if isinstance(current, dict) and not isinstance(obj, ModelConfig) and depth < len(keys) - 1:
+      node[key] = {**current, **node[key]}
+      break
+    if not dataclasses.is_dataclass(current):
+      break
+    obj, node = current, node[key]
+  return update
 
 
 def to_dict(cfg: Config) -> dict:

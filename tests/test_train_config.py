@@ -67,6 +67,15 @@ def test_precedence_defaults_includes_file_overrides(tmp_path):
     config.load(tmp_path / "loop.yaml")
 
 
+def test_an_override_into_a_mapping_sets_one_key():
+  # `data.tasks.det=8` reweights one task and keeps the mixture; `data.tasks={...}` replaces it.
+  c = config.load(None, ["data.tasks.det=8", "data.tasks.i-loc=0"])
+  assert c.data.tasks == {**config.TABLE17_RATIOS, "det": 8.0, "i-loc": 0.0}
+  assert config.load(None, ["data.tasks={det: 1, i-loc: 1}"]).data.tasks == {"det": 1.0, "i-loc": 1.0}
+  with pytest.raises(config.ConfigError, match=r"data\.tasks\.dett: unknown task"):
+    config.load(None, ["data.tasks.dett=1"])
+
+
 def test_paper_recipe_matches_appendix_b():
   c = config.load(REPO / "configs/paper_multitask.yaml")
   assert (c.train.batch_size, c.train.steps, c.optim.lr, c.optim.warmup_steps) == (40, 12500, 3e-4, 100)

@@ -113,7 +113,8 @@ class FiFaConfig:
     """Small enough to train on a CPU in minutes, large enough for masks to mean
     something: 128-px faces, an 8x8 token grid, 32x32 masks (upsampled to the
     image's size for evaluation).  The demo and the learning tests use it."""
-    vit = ViTConfig(image_size=128, patch_size=16, width=128, layers=4, heads=4, output_dim=64)
+    vit = ViTConfig(image_size=128, patch_size=16, width=128, layers=4, heads=4, output_dim=64,
+                    stem=(32, 64, 64, 128))
     llama = LlamaConfig(vocab_size=128, hidden_size=192, intermediate_size=512, num_hidden_layers=3,
                         num_attention_heads=4, lora=LoraConfig(rank=8, alpha=16.0, dropout=0.0))
     kw = dict(vit=vit, box=BoxEncoderConfig(vit_width=128, layers=(1, 2, 3, 4), channels=32,

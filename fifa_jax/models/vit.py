@@ -36,8 +36,19 @@ class ViTConfig:
   mlp_ratio: int = 4
   output_dim: int = 512  # CLIP's image projection; FiFa uses the hidden states
   layer_norm_eps: float = 1e-5
+  # Channels of stride-2 3x3 convolutions (ReLU) run before the patch embedding, which
+  # then patchifies their output (Xiao et al. 2021, "Early convolutions help
+  # transformers see better").  () = FaRL/CLIP's plain patchify.  The cpu preset sets
+  # it: trained from scratch in minutes, a plain 16-px patchify never learns to see the
+  # demo's local artifacts, while the stem does (docs/learning.md section 4).
+  stem: tuple[int, ...] = ()
   dtype: str = "float32"
   param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.stem and self.patch_size % (2 ** len(self.stem)):
+      raise ValueError(f"a stem of {len(self.stem)} stride-2 convolutions does not divide "
+                       f"the patch size {self.patch_size}")
 
   @property
   def grid(self) -> int:
@@ -151,8 +162,17 @@ class VisionTransformer(nnx.Module):
     w, p = cfg.width, cfg.patch_size
     scale = w ** -0.5  # OpenAI's init for the embeddings and proj
     normal = lambda names: mesh_lib.logical(nnx.initializers.normal(scale), names)
+    conv = dict(dtype=self.dtype, param_dtype=pdt, rngs=rngs)
+    channels = (3, *cfg.stem)
+    self.stem = nnx.List([
+      nnx.Conv(cin, cout, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), **conv,
+               kernel_init=mesh_lib.logical(nnx.initializers.lecun_normal(),
+                                            (None, None, "conv_in", None)),
+               bias_init=mesh_lib.logical(nnx.initializers.zeros_init(), (None,)))
+      for cin, cout in zip(channels[:-1], channels[1:])])
+    p //= 2 ** len(cfg.stem)  # the patch embedding patchifies the stem's output
     self.conv1 = nnx.Conv(
-      3, w, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=self.dtype,
+      channels[-1], w, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=self.dtype,
       param_dtype=pdt, rngs=rngs,
       kernel_init=mesh_lib.logical(nnx.initializers.lecun_normal(),
                                         ("patch", "patch", "conv_in", "vit_embed")))
@@ -171,7 +191,10 @@ class VisionTransformer(nnx.Module):
     p = self.config.patch_size
     if h % p or w % p:
       raise ValueError(f"image {h}x{w} is not a multiple of the patch size {p}")
-    x = self.conv1(pixels.astype(self.dtype)).reshape(b, (h // p) * (w // p), -1)
+    x = pixels.astype(self.dtype)
+    for conv in self.stem:
+      x = jax.nn.relu(conv(x))
+    x = self.conv1(x).reshape(b, (h // p) * (w // p), -1)
     cls = jnp.broadcast_to(self.class_embedding[...].astype(self.dtype), (b, 1, x.shape[-1]))
     pos = resize_pos_embed(self.positional_embedding[...], self.config.grid, (h // p, w // p))
     return self.ln_pre(jnp.concatenate([cls, x], axis=1) + pos.astype(self.dtype))
