@@ -50,6 +50,7 @@ def test_model_parts_are_typed_overrides_of_the_preset():
       ("model.pixel.dim=wide", r"model\.pixel\.dim: expected an integer, got 'wide'"),
       ("model.lora.target_modules=q_proj", r"model\.lora\.target_modules: expected a list"),
       ("model.box.layers=[1,2,99,4]", r"box encoder layers .* exceed the encoder's"),
+      ("model.vit.stem=[8,8,8,8,8]", r"model: a stem of 5 stride-2 convolutions does not divide"),
       ("model.llama.lora={rank: 2}", r"model\.llama\.lora: set the adapters under model\.lora")]:
     with pytest.raises(config.ConfigError, match=message):
       config.load(None, [override])

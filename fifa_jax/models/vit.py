@@ -45,11 +45,6 @@ class ViTConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
 
-  def __post_init__(self):
-    if self.stem and self.patch_size % (2 ** len(self.stem)):
-      raise ValueError(f"a stem of {len(self.stem)} stride-2 convolutions does not divide "
-                       f"the patch size {self.patch_size}")
-
   @property
   def grid(self) -> int:
     return self.image_size // self.patch_size
@@ -170,6 +165,9 @@ class VisionTransformer(nnx.Module):
                                             (None, None, "conv_in", None)),
                bias_init=mesh_lib.logical(nnx.initializers.zeros_init(), (None,)))
       for cin, cout in zip(channels[:-1], channels[1:])])
+    if p % 2 ** len(cfg.stem):
+      raise ValueError(f"a stem of {len(cfg.stem)} stride-2 convolutions does not divide "
+                       f"the patch size {p}")
     p //= 2 ** len(cfg.stem)  # the patch embedding patchifies the stem's output
     self.conv1 = nnx.Conv(
       channels[-1], w, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=self.dtype,
