@@ -322,9 +322,9 @@ def _into_mapping(cfg: Config, text: str) -> dict:
   update = parse_override(text)
   keys = text.split("=", 1)[0].strip().split(".")
   obj, node = cfg, update
-  for depth, key in enumerate(keys[:-1]):
+  for key in keys[:-1]:  # a mapping reached before the last key is entered, not replaced
     current = getattr(obj, key, None) if dataclasses.is_dataclass(obj) else None
-    if isinstance(current, dict) and not isinstance(obj, ModelConfig) and depth < len(keys) - 1:
+    if isinstance(current, dict) and not isinstance(obj, ModelConfig):
       node[key] = {**current, **node[key]}
       break
     if not dataclasses.is_dataclass(current):

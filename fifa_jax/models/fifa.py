@@ -61,9 +61,7 @@ class FiFaConfig:
   def __post_init__(self):
     if (self.box.vit_width, self.box.patch_size) != (self.vit.width, self.vit.patch_size):
       raise ValueError("box encoder width/patch must match the face encoder's")
-    if self.vit.patch_size % 2 ** len(self.vit.stem):
-      raise ValueError(f"a stem of {len(self.vit.stem)} stride-2 convolutions does not divide "
-                       f"the patch size {self.vit.patch_size}")
+    self.vit.check_stem()
     if max(self.box.layers) > self.vit.layers:
       raise ValueError(f"box encoder layers {self.box.layers} exceed the encoder's {self.vit.layers}")
     if self.pixel.dim != self.decoder.dim:

@@ -49,6 +49,11 @@ class ViTConfig:
   def grid(self) -> int:
     return self.image_size // self.patch_size
 
+  def check_stem(self) -> None:
+    if self.patch_size % 2 ** len(self.stem):
+      raise ValueError(f"a stem of {len(self.stem)} stride-2 convolutions does not divide "
+                       f"the patch size {self.patch_size}")
+
   @classmethod
   def farl_b16(cls, **kw) -> ViTConfig:
     """FaRL ViT-B/16 (the paper's Face Encoder)."""
@@ -165,9 +170,7 @@ class VisionTransformer(nnx.Module):
                                             (None, None, "conv_in", None)),
                bias_init=mesh_lib.logical(nnx.initializers.zeros_init(), (None,)))
       for cin, cout in zip(channels[:-1], channels[1:])])
-    if p % 2 ** len(cfg.stem):
-      raise ValueError(f"a stem of {len(cfg.stem)} stride-2 convolutions does not divide "
-                       f"the patch size {p}")
+    cfg.check_stem()
     p //= 2 ** len(cfg.stem)  # the patch embedding patchifies the stem's output
     self.conv1 = nnx.Conv(
       channels[-1], w, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=self.dtype,
