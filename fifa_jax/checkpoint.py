@@ -201,11 +201,15 @@ def latest_step(directory: str | os.PathLike) -> int | None:
 
 
 def load_params(directory: str | os.PathLike, step: int | None = None,
-                parts: tuple[str, ...] = ("params", "frozen")) -> dict[str, Any]:
+                parts: tuple[str, ...] = ("params", "frozen"),
+                target: dict | None = None) -> dict[str, Any]:
   """Parts of a run's model as NumPy pure dicts, on the CPU alone (any saving mesh).
 
   Returns {"params": ..., "frozen": ...} by default; merge them into an
-  `nnx.eval_shape` model with `nnx.replace_by_pure_dict`.
+  `nnx.eval_shape` model with `nnx.replace_by_pure_dict`.  With `target` (the whole
+  model's pure dict of ShapeDtypeStructs with shardings, as `nnx.to_pure_dict` keys
+  it) each saved array is read straight into its sharding instead: every device reads
+  its own shard, and the whole array is never in one device's or the host's memory.
   """
   directory = Path(directory).absolute()
   if step is None:
@@ -217,7 +221,13 @@ def load_params(directory: str | os.PathLike, step: int | None = None,
   meta = ckptr.metadata(path)
   tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
   wanted = {k: tree[k] for k in parts}
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+  if target is None:
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+  else:
+    whole = flat_leaves(saveable_abstract(target))
+    placed = lambda path, _: whole[tuple(str(k) for k in key_path(path)[1:])]
+    restore_args = ocp.checkpoint_utils.construct_restore_args(
+        jax.tree_util.tree_map_with_path(placed, wanted))
   out = ckptr.restore(path, args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args,
                                                          partial_restore=True))
   return {k: _int_keys(out[k]) for k in parts}
@@ -274,7 +284,8 @@ def init_missing(model: nnx.Module, make: Callable[[], nnx.Module]) -> list[tupl
   """Give every still-abstract leaf of `model` `make()`'s initial value.
 
   The constructor runs under jit and returns only the wanted leaves, so XLA drops
-  the rest: a 7B model's fresh LoRA costs the LoRA's memory, not 7B.
+  the rest: a 7B model's fresh LoRA costs the LoRA's memory, not 7B.  A leaf whose
+  abstract value carries a sharding is made in it.
   """
   todo = {p: v for p, v in nnx.to_flat_state(nnx.state(model))
           if isinstance(v.get_value(), jax.ShapeDtypeStruct)}
@@ -286,16 +297,21 @@ def init_missing(model: nnx.Module, make: Callable[[], nnx.Module]) -> list[tupl
     flat = dict(nnx.to_flat_state(nnx.state(make())))
     return {name(p): flat[p].get_value() for p in todo}
 
-  values = jax.jit(init)()
+  placed = {name(p): getattr(v.get_value(), "sharding", None) for p, v in todo.items()}
+  named = all(isinstance(x, NamedSharding) for x in placed.values())
+  values = jax.jit(init, out_shardings=placed if named else None)()
   for p, var in todo.items():
     var.set_value(values[name(p)])
   return list(todo)
 
 
 def restore_model(path: str | Path, make: Callable[[Any], nnx.Module], config_cls: type, *,
-                  kind: str | None = None) -> tuple[Any, nnx.Module]:
+                  kind: str | None = None,
+                  shardings: Callable[[Any], Any] | None = None) -> tuple[Any, nnx.Module]:
   """(config, model) from a model folder; `make(config)` builds the module (seeding its
-  own Rngs); RNG streams are made fresh."""
+  own Rngs); RNG streams are made fresh.  `shardings(state)`: the NamedSharding of each
+  leaf of the abstract state (`mesh.state_shardings` bound to a mesh); the weights are
+  then read straight into them, never whole on one device or in host memory."""
   path = Path(path).absolute()
   meta = read_meta(path)
   if kind is not None and meta["kind"] != kind:
@@ -305,8 +321,14 @@ def restore_model(path: str | Path, make: Callable[[Any], nnx.Module], config_cl
   except CheckpointError as e:
     raise CheckpointError(f"{path / MARKER}: {e}") from None
   model = nnx.eval_shape(lambda: make(config))
+  if shardings is not None:  # the abstract leaves carry their shardings, here and for init_missing
+    nnx.update(model, jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        nnx.state(model), shardings(nnx.state(model))))
   state = nnx.state(model, WEIGHTS)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
+  keep = (lambda x: x.sharding) if shardings is not None else (lambda x: None)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=keep(x)),
+                        nnx.to_pure_dict(state))
   with ocp.StandardCheckpointer() as ckptr:
     restored = ckptr.restore(path / "state", target)
   nnx.replace_by_pure_dict(state, restored)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from fifa_jax import mesh as mesh_lib
 from fifa_jax.infer import load as load_lib
@@ -55,3 +56,44 @@ def test_mesh_option_is_checked():
                        ("", "expected data=N,fsdp=N,tensor=N")]:
     with pytest.raises(ValueError, match=message):
       mesh_lib.parse_mesh(bad)
+
+
+def test_weights_are_read_into_their_shards(workdir, tmp_path, monkeypatch):
+  """No array passes whole through one device or the host: the run's checkpoint is read
+  straight into each leaf's shards, the decoding layout is made by one sharded program,
+  and a `fifa convert model` folder is read the same way."""
+  from fifa_jax import checkpoint
+  mesh = mesh_lib.make_mesh(1, 4, 2)
+  read = {}
+
+  def spy(*args, **kw):
+    out = real(*args, **kw)
+    read.update(checkpoint.flat_leaves(out))
+    return out
+
+  real = checkpoint.load_params
+  monkeypatch.setattr(checkpoint, "load_params", spy)
+  monkeypatch.setattr(mesh_lib, "shard_model", lambda *a, **k: pytest.fail("placed after loading"))
+
+  def check(model, arrays=None):
+    want = checkpoint.flat_leaves(nnx.to_pure_dict(mesh_lib.state_shardings(nnx.state(model), mesh)))
+    got = arrays if arrays is not None else checkpoint.flat_leaves(nnx.to_pure_dict(nnx.state(model)))
+    split = 0
+    for k, x in got.items():
+      key = k if arrays is None else k[1:]  # the checkpoint's parts: params/frozen/rest
+      assert isinstance(x, jax.Array) and x.sharding.is_equivalent_to(want[key], x.ndim), k
+      split += x.addressable_shards[0].data.size < x.size
+    assert split > len(got) // 4  # most weights are split, each device holding a part
+
+  training = load_lib.load(workdir[0], layout="training", mesh=mesh)
+  assert read and all(str(x.sharding.mesh.shape) == str(mesh.shape) for x in read.values())
+  check(training.model, {k: v for k, v in read.items()})
+  check(load_lib.load(workdir[0], param_dtype="float32", mesh=mesh).model)
+
+  one = load_lib.load(workdir[0], layout="training")
+  checkpoint.save_model(one.model, tmp_path / "folder", "fifa", one.config)
+  folder = load_lib.load(tmp_path / "folder", layout="training", mesh=mesh)
+  check(folder.model)
+  weights = lambda m: checkpoint.flat_leaves(nnx.to_pure_dict(nnx.state(m, checkpoint.WEIGHTS)))
+  for (k, a), b in zip(weights(one.model).items(), weights(folder.model).values()):
+    np.testing.assert_array_equal(np.asarray(jax.device_get(b)), np.asarray(a), err_msg=str(k))

@@ -15,7 +15,6 @@ returns the checkpoint's own layout (weight round trips, further training).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -56,8 +55,9 @@ def load(path: str | Path, tokenizer: str | None = None, *, layout: str = "decod
          param_dtype: str | None = None, mesh: Mesh | None = None) -> Loaded:
   """The model, its config and tokenizer from a checkpoint path or URL (see module doc).
   `param_dtype` (decoding layout only): the weights' dtype; default each part's compute dtype.
-  `mesh`: the weights are sharded over it by the training's logical-axis rules (mesh.py),
-  after being read and laid out in host memory, never whole on one accelerator."""
+  `mesh`: the weights are read straight into their shards by the training's logical-axis
+  rules (mesh.py), and laid out for decoding by one program sharded the same way: no
+  array passes whole through one device or the host's memory."""
   if layout not in LAYOUTS:
     raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
   if param_dtype is not None and param_dtype not in PARAM_DTYPES:
@@ -65,43 +65,33 @@ def load(path: str | Path, tokenizer: str | None = None, *, layout: str = "decod
   path = paths.stage_in(path, "checkpoint")  # a gs:// (or other URL) folder: a local copy
   if tokenizer is not None:
     tokenizer = str(paths.stage_in(tokenizer, "tokenizer"))
-  with _on_host() if mesh is not None else contextlib.nullcontext():
-    loaded = _load(Path(path), tokenizer)
-    if layout == "decoding":
-      loaded.model = decoding_layout(loaded.model, param_dtype)
-      loaded.config = loaded.model.config
-  if mesh is not None:
-    mesh_lib.shard_model(loaded.model, mesh)
-    loaded.mesh = mesh
+  loaded = _load(Path(path), tokenizer, mesh)
+  if layout == "decoding":
+    loaded.model = decoding_layout(loaded.model, param_dtype, mesh=mesh)
+    loaded.config = loaded.model.config
+  loaded.mesh = mesh
   return loaded
 
 
-def _on_host():
-  """Arrays made in this context go to host memory (a CPU device), not accelerator 0."""
-  try:
-    return jax.default_device(jax.devices("cpu")[0])
-  except RuntimeError:  # no CPU backend in this jax: the default device it is
-    return contextlib.nullcontext()
-
-
-def _load(path: Path, tokenizer: str | None) -> Loaded:
-  """The checkpoint's model in its own (training) layout."""
+def _load(path: Path, tokenizer: str | None, mesh: Mesh | None = None) -> Loaded:
+  """The checkpoint's model in its own (training) layout, sharded over `mesh` if given."""
   if not path.exists():
     raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
   run = _run_dir_and_step(path)
   if run is not None:
-    return _load_run(*run, tokenizer)
+    return _load_run(*run, tokenizer, mesh)
   if checkpoint.is_model_folder(path):
     tok = tokens.load_tokenizer(tokenizer)
+    shardings = None if mesh is None else lambda state: mesh_lib.state_shardings(state, mesh)
     config, model = checkpoint.restore_model(path, lambda c: FiFaMLLM(c, rngs=nnx.Rngs(0)),
-                                             FiFaConfig, kind="fifa")
+                                             FiFaConfig, kind="fifa", shardings=shardings)
     return Loaded(config, model, tok, source=str(path))
   raise CheckpointError(
       f"{str(path)!r} is not a checkpoint: expected a training workdir (config.yaml and checkpoints/), "
       "a step folder WORKDIR/checkpoints/<step>, or a `fifa convert model` folder (fifa_jax.json)")
 
 
-def _load_run(run: Path, step: int | None, tokenizer: str | None) -> Loaded:
+def _load_run(run: Path, step: int | None, tokenizer: str | None, mesh: Mesh | None) -> Loaded:
   # A tokenizer given here replaces the run's (whose folder may be on another machine).
   cfg = config_lib.load(run / "config.yaml", [f"model.tokenizer={tokenizer}"] if tokenizer else [])
   tok = tokens.load_tokenizer(cfg.model.tokenizer)
@@ -111,15 +101,20 @@ def _load_run(run: Path, step: int | None, tokenizer: str | None) -> Loaded:
     step = checkpoint.latest_step(ckpts)
     if step is None:
       raise CheckpointError(f"{run}: no finished checkpoint in {ckpts}")
+  abstract = nnx.eval_shape(lambda: FiFaMLLM(fcfg, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  target = None
+  if mesh is not None:  # every leaf read straight into its shard
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nnx.to_pure_dict(state),
+                          nnx.to_pure_dict(mesh_lib.state_shardings(state, mesh)))
   absl = logging.getLogger("absl")  # orbax warns that a step has no _CHECKPOINT_METADATA: harmless
   level = absl.level
   absl.setLevel(logging.ERROR)
   try:
-    saved = checkpoint.load_params(ckpts, step, parts=("params", "frozen", "rest"))
+    saved = checkpoint.load_params(ckpts, step, parts=("params", "frozen", "rest"), target=target)
   finally:
     absl.setLevel(level)
-  abstract = nnx.eval_shape(lambda: FiFaMLLM(fcfg, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
   # The run split its state into trainable / frozen / rest by its own filter; the
   # parts' paths are disjoint, so their union is the whole model whatever trained.
   flat = lambda tree: traverse_util.flatten_dict(tree, keep_empty_nodes=True)

@@ -9,7 +9,9 @@ adapted projection, and fp32 weights move twice the bytes of bf16 ones.
 
 `decoding_layout(model)` returns a new model with unrolled layers, each adapter folded
 into its kernel (W + scale * A B) and parameters in `param_dtype`; buffers keep their
-declared dtype.  The input model is left as it was.
+declared dtype.  The input model is left as it was.  Given a mesh, the transform runs
+as one jitted program whose outputs are sharded by the training's logical-axis rules,
+so a sharded model becomes a sharded model without passing whole through any device.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
+from fifa_jax import mesh as mesh_lib
 from fifa_jax.models.fifa import FiFaConfig, FiFaMLLM
 
 LAYERS = ("llm", "model", "layers")
@@ -36,15 +40,16 @@ def decoding_config(cfg: FiFaConfig, param_dtype: str | None = None) -> FiFaConf
                              decoder=part(cfg.decoder), pixel=part(cfg.pixel))
 
 
-def decoding_layout(model: FiFaMLLM, param_dtype: str | None = None) -> FiFaMLLM:
-  """A copy of `model` in the decoding layout (see the module docstring)."""
+def decoding_layout(model: FiFaMLLM, param_dtype: str | None = None, *,
+                    mesh: Mesh | None = None) -> FiFaMLLM:
+  """A copy of `model` in the decoding layout (see the module docstring), sharded
+  over `mesh` by the logical-axis rules when one is given."""
   cfg = model.config
   target = nnx.eval_shape(lambda: FiFaMLLM(decoding_config(cfg, param_dtype), rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(target)
-  source = nnx.to_pure_dict(nnx.state(model))
   scale = cfg.llama.lora.scale if cfg.llama.lora is not None else 0.0
 
-  def fill(path, abstract):
+  def fill(source, path, abstract):
     keys = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
     layer = None
     if cfg.llama.scan_layers and keys[:3] == LAYERS and isinstance(keys[3], int):
@@ -60,7 +65,16 @@ def decoding_layout(model: FiFaMLLM, param_dtype: str | None = None) -> FiFaMLLM
                        f"{abstract.shape} in the decoding layout")
     return jnp.asarray(value, abstract.dtype)
 
-  nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(fill, nnx.to_pure_dict(state)))
+  def transform(source):
+    return jax.tree_util.tree_map_with_path(lambda p, a: fill(source, p, a), nnx.to_pure_dict(state))
+
+  source = nnx.to_pure_dict(nnx.state(model))
+  if mesh is None:
+    values = transform(source)
+  else:
+    placed = nnx.to_pure_dict(mesh_lib.state_shardings(state, mesh))
+    values = jax.jit(transform, out_shardings=placed)(source)
+  nnx.replace_by_pure_dict(state, values)
   return nnx.merge(graphdef, state)
 
 
