@@ -360,11 +360,11 @@ def evaluate(
 @app.command()
 def infer(
     checkpoint: str = typer.Option(..., help="Training workdir, WORKDIR/checkpoints/<step>, or a `fifa convert model` folder."),
-    image: str = typer.Option(..., help="Face image (any format OpenCV reads), or a folder or glob of them "
+    image: str = typer.Option(..., help="Face image (any format OpenCV reads), or a folder or glob of them, local or gs:// "
                                          "(then OUT/answers.jsonl: one line per image and task, resumable)."),
     task: str = typer.Option(..., help="det, cls, i-loc, r-loc, b-loc, i-toe, r-toe, b-toe, i-age, r-age, b-age, "
                                        "or all (one batch; needs --region and --box; writes OUT/<task>/)."),
-    out: str = typer.Option(..., help="Folder for answer.json and overlay.png (answers.jsonl for many images)."),
+    out: str = typer.Option(..., help="Folder (local or gs://) for answer.json and overlay.png (answers.jsonl for many images)."),
     region: Optional[str] = typer.Option(None, help="FICT concept, for r- tasks."),
     box: Optional[str] = typer.Option(None, help="x1,y1,x2,y2 in image pixels, for b- tasks."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer folder (default: the checkpoint's)."),
@@ -382,7 +382,34 @@ def infer(
   """Ask a trained model about one face (prints the answer, writes JSON and a mask overlay),
   or about every face of a folder or glob (writes OUT/answers.jsonl)."""
   # lazy: `--help` and the other commands load none of this
+  from fifa_jax import paths
   from fifa_jax.infer import load as load_lib
+  from fifa_jax.infer import predict
+  from fifa_jax.infer import run as infer_run
+
+  remote_out = out if paths.is_url(out) else None  # written to a local copy, copied up at the end
+  if remote_out:
+    out = str(paths.local_copy_path(remote_out))
+  try:
+    image = paths.stage_in_pattern(image, "--image")
+  except paths.PathError as e:
+    typer.echo(f"fifa infer: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  try:
+    _infer(checkpoint, image, task, out, region, box, tokenizer, max_new_tokens, param_dtype,
+           batch_size, overlays, rle, progress, faces, mesh)
+    if remote_out:
+      paths.stage_out(out, remote_out, last=("answers.jsonl", "answer.json"))
+  except paths.PathError as e:
+    typer.echo(f"fifa infer: error: {e}", err=True)
+    raise typer.Exit(code=2)
+  if remote_out:
+    typer.echo(f"copied {out} to {remote_out}")
+
+
+def _infer(checkpoint, image, task, out, region, box, tokenizer, max_new_tokens, param_dtype,
+           batch_size, overlays, rle, progress, faces, mesh) -> None:
+  from fifa_jax.infer import load as load_lib  # lazy, as in `infer`
   from fifa_jax.infer import predict
   from fifa_jax.infer import run as infer_run
 

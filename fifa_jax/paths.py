@@ -82,6 +82,30 @@ def stage_in(path: str | os.PathLike, what: str = "path") -> Path:
   return dest
 
 
+def stage_in_pattern(pattern: str | os.PathLike, what: str = "path") -> str:
+  """`stage_in` for a file, folder or glob: a URL glob (gs://b/faces/*.png, or a
+  template such as gs://b/qa/{split}/{task}-*.array_record) stages the folder above its
+  first wildcard or placeholder and returns the same pattern over the local copy."""
+  pattern, wild = str(pattern), "*?[{"
+  if not is_url(pattern) or not any(c in pattern for c in wild):
+    return str(stage_in(pattern, what))
+  head = pattern[:min(pattern.index(c) for c in wild if c in pattern)]
+  folder = head.rsplit("/", 1)[0]
+  return str(stage_in(folder, what)) + pattern[len(folder):]
+
+
+def fetch_file(url: str, local: str | os.PathLike) -> bool:
+  """Copy one remote file to `local` if it exists; False when it does not."""
+  fs, root = _fs(url)
+  try:
+    if not fs.isfile(root):
+      return False
+    fs.get(root, str(local))
+  except OSError as e:
+    raise PathError(f"cannot copy {url} ({e})") from None
+  return True
+
+
 def stage_out(local: str | os.PathLike, url: str, last: tuple[str, ...] = ()) -> None:
   """Copy a local file or folder to `url`; the files named in `last` (a folder's
   completion marker, e.g. fifa_jax.json) go up after everything else."""

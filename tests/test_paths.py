@@ -4,6 +4,7 @@ what etils and fifa-jax reach through fsspec when gcsfs is installed."""
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 
@@ -100,6 +101,17 @@ def test_training_inputs_given_as_urls_are_staged(gcs, workdir):
   loop.stage_inputs(cfg)
   assert not paths.is_url(cfg.data.root)
   assert sorted(p.name for p in Path(cfg.data.root).iterdir()) == sorted(p.name for p in Path(data).iterdir())
+  # The shards and the mask store apart from the data root, each in its own bucket.
+  paths.stage_out(Path(data) / "masks", "gs://store/masks")
+  paths.stage_out(Path(data) / "qa", "gs://shards/qa")
+  cfg = config.load(Path(__file__).resolve().parent.parent / "configs" / "tiny_cpu.yaml",
+                    [f"data.root={data}", "data.masks=gs://store/masks",
+                     "data.qa_glob=gs://shards/qa/{split}/{task}-*.array_record"])
+  loop.stage_inputs(cfg)
+  assert (Path(cfg.data.masks) / "index.json").is_file()
+  assert cfg.data.qa_glob.endswith("/qa/{split}/{task}-*.array_record") and not paths.is_url(cfg.data.qa_glob)
+  local = sorted(Path(p).name for p in glob.glob(cfg.data.qa_glob.format(split="test", task="*")))
+  assert local and local == sorted(p.name for p in (Path(data) / "qa" / "test").iterdir())
 
 
 def test_convert_reads_and_writes_urls(gcs, tmp_path):
@@ -128,3 +140,50 @@ def test_fifa_eval_reads_and_writes_urls(gcs, workdir):
   assert FakeGCS.puts[-1].endswith("report.json")  # the report is the eval's completion mark
   report = json.loads((gcs / "b" / "eval" / "report.json").read_text())
   assert report and (gcs / "b" / "eval" / "report.md").exists()
+
+
+@pytest.mark.slow  # two generations
+def test_fifa_infer_reads_images_and_writes_answers_at_urls(gcs, workdir, tmp_path):
+  import cv2
+  run, _, _ = workdir
+  paths.stage_out(run, "gs://b/run")
+  faces = tmp_path / "faces"
+  faces.mkdir()
+  rng = np.random.default_rng(0)
+  for name in ("a.png", "b.png"):
+    cv2.imwrite(str(faces / name), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+  (faces / "notes.txt").write_text("not a face")
+  paths.stage_out(faces, "gs://b/faces")
+  cli = CliRunner()
+  common = ["--checkpoint", "gs://b/run", "--task", "det", "--max-new-tokens", "4"]
+  r = cli.invoke(app, ["infer", "--image", "gs://b/faces/a.png", "--out", "gs://b/one", *common])
+  assert r.exit_code == 0, r.output
+  assert json.loads((gcs / "b" / "one" / "answer.json").read_text())["task"] == "det"
+  assert FakeGCS.puts[-1].endswith("answer.json")  # the answer is the run's completion mark
+  r = cli.invoke(app, ["infer", "--image", "gs://b/faces/*.png", "--out", "gs://b/many", *common])
+  assert r.exit_code == 0, r.output
+  lines = (gcs / "b" / "many" / "answers.jsonl").read_text().splitlines()
+  assert sorted(Path(json.loads(l)["image"]).name for l in lines) == ["a.png", "b.png"]
+  r = cli.invoke(app, ["infer", "--image", "gs://b/nowhere.png", "--out", "gs://b/x", *common])
+  assert r.exit_code == 2 and "--image: gs://b/nowhere.png does not exist" in r.output
+
+
+def test_metrics_follow_a_gs_workdir_while_the_run_goes(gcs, tmp_path, monkeypatch):
+  """The metrics folder is copied up during the run (throttled), and a run resumed on
+  another machine appends to the bucket's metrics.jsonl rather than replacing it."""
+  from fifa_jax.train import metrics as metrics_lib
+  clock = [0.0]
+  monkeypatch.setattr(metrics_lib.time, "monotonic", lambda: clock[0])
+  first = metrics_lib.MetricsWriter(tmp_path / "host1", tensorboard=False, mirror="gs://b/run",
+                                    mirror_every_s=60)
+  first.write(1, {"train/loss": 2.0})
+  assert not (gcs / "b" / "run" / "metrics.jsonl").exists()  # not yet: at most once a minute
+  clock[0] = 61.0
+  first.write(2, {"train/loss": 1.5})
+  steps = lambda: [json.loads(l)["step"] for l in (gcs / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert steps() == [1, 2]  # live, before the run ends
+  first.close()
+  resumed = metrics_lib.MetricsWriter(tmp_path / "host2", tensorboard=False, mirror="gs://b/run")
+  resumed.write(3, {"train/loss": 1.0})
+  resumed.close()
+  assert steps() == [1, 2, 3]

@@ -130,7 +130,7 @@ def evaluate(cfg, setup, layout, eval_step, state, pad_id) -> dict[str, float]:
 
 def local_dir(workdir: str) -> Path:
   """Where metrics go: the workdir, or for a remote one (gs://...) ./fifa_metrics/<name>,
-  copied into the remote workdir when the run stops."""
+  copied into the remote workdir while the run goes (MetricsWriter's mirror)."""
   if "://" in workdir:
     return Path("fifa_metrics") / workdir.rstrip("/").rsplit("/", 1)[-1]
   return Path(workdir)
@@ -138,9 +138,14 @@ def local_dir(workdir: str) -> Path:
 
 def stage_inputs(cfg: config_lib.Config) -> None:
   """Local copies of the run's inputs given as URLs (paths.py): the data folder, the
-  initial weights and the tokenizer.  Each host stages its own copy."""
+  QA shards and the mask store where they are given apart from it, the initial weights
+  and the tokenizer.  Each host stages its own copy."""
   if paths.is_url(cfg.data.root):
     cfg.data.root = str(paths.stage_in(cfg.data.root, "data.root"))
+  if paths.is_url(cfg.data.qa_glob):
+    cfg.data.qa_glob = paths.stage_in_pattern(cfg.data.qa_glob, "data.qa_glob")
+  if paths.is_url(cfg.data.masks):
+    cfg.data.masks = str(paths.stage_in(cfg.data.masks, "data.masks"))
   if paths.is_url(cfg.model.init_from):
     cfg.model.init_from = str(paths.stage_in(cfg.model.init_from, "model.init_from"))
   if paths.is_url(cfg.model.tokenizer):
@@ -197,7 +202,8 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
                          fcfg.llama, train_base=cfg.model.train_llm,
                          timeout_s=cfg.distributed.timeout_s)
   eval_step = step_lib.make_eval_step(setup, weights) if cfg.train.eval_every else None
-  writer = metrics_lib.MetricsWriter(local_dir(workdir))
+  writer = metrics_lib.MetricsWriter(local_dir(workdir),
+                                     mirror=workdir if paths.is_url(workdir) else None)
   peak = metrics_lib.peak_tflops(cfg.bench.peak_tflops)
 
   preemption = distributed.Preemption()
@@ -269,10 +275,8 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
     preemption.close()
     if bar is not None:
       bar.close()
-    writer.close()
+    writer.close()  # a gs:// workdir gets the last copy of the metrics here
     ckpt.close()
-    if paths.is_url(workdir) and jax.process_index() == 0:  # the metrics join the checkpoints
-      paths.stage_out(local_dir(workdir), workdir)
   if status == EXIT_OK:
     log(f"done: {step} steps; checkpoints in {ckpt.directory}")
   return status

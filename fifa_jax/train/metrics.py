@@ -15,13 +15,14 @@ analysis: that counts a scanned loop's body once (3.1 TFLOP for the paper step's
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from fifa_jax import tokens
+from fifa_jax import paths, tokens
 
 # Dense bf16 peak TFLOP/s per device (vendor figures).
 PEAK_TFLOPS = {
@@ -129,15 +130,26 @@ class Accumulator:
 
 
 class MetricsWriter:
-  """JSONL + TensorBoard, process 0 only."""
+  """JSONL + TensorBoard, process 0 only.
 
-  def __init__(self, workdir: str | Path, tensorboard: bool = True):
+  `mirror`: a URL (a gs:// workdir) the folder is copied to while the run goes, at
+  most every `mirror_every_s` seconds and when it closes, so TensorBoard and
+  `fifa_jax.train.plot` can follow a pod job from anywhere.  A run resumed on another
+  machine first takes the mirror's metrics.jsonl, so the copy up never shortens it.
+  """
+
+  def __init__(self, workdir: str | Path, tensorboard: bool = True, *, mirror: str | None = None,
+               mirror_every_s: float = 60.0):
     self.active = jax.process_index() == 0
     self.tb = None
+    self.mirror, self.every_s, self.synced = mirror, mirror_every_s, time.monotonic()
     if not self.active:
       return
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    self.dir = workdir
+    if mirror and not (workdir / "metrics.jsonl").exists():
+      paths.fetch_file(f"{mirror.rstrip('/')}/metrics.jsonl", workdir / "metrics.jsonl")
     self.jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
     if tensorboard:
       # lazy: tensorboardX only when TensorBoard files are written
@@ -152,6 +164,20 @@ class MetricsWriter:
     if self.tb is not None:
       for k, v in values.items():
         self.tb.add_scalar(k, float(v), step)
+    if self.mirror and time.monotonic() - self.synced >= self.every_s:
+      self.sync()
+
+  def sync(self) -> None:
+    """Copy the folder to the mirror now; a failed copy is reported, never fatal."""
+    if not (self.active and self.mirror):
+      return
+    if self.tb is not None:
+      self.tb.flush()
+    try:
+      paths.stage_out(self.dir, self.mirror)
+    except paths.PathError as e:
+      print(f"metrics: {e}; the run goes on, the next copy will retry", file=sys.stderr, flush=True)
+    self.synced = time.monotonic()
 
   def close(self) -> None:
     if not self.active:
@@ -159,6 +185,7 @@ class MetricsWriter:
     self.jsonl.close()
     if self.tb is not None:
       self.tb.close()
+    self.sync()
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
