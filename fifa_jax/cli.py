@@ -381,21 +381,13 @@ def infer(
 ) -> None:
   """Ask a trained model about one face (prints the answer, writes JSON and a mask overlay),
   or about every face of a folder or glob (writes OUT/answers.jsonl)."""
-  # lazy: `--help` and the other commands load none of this
-  from fifa_jax import paths
-  from fifa_jax.infer import load as load_lib
-  from fifa_jax.infer import predict
-  from fifa_jax.infer import run as infer_run
+  from fifa_jax import paths  # lazy: `--help` and the other commands load none of this
 
   remote_out = out if paths.is_url(out) else None  # written to a local copy, copied up at the end
   if remote_out:
     out = str(paths.local_copy_path(remote_out))
   try:
     image = paths.stage_in_pattern(image, "--image")
-  except paths.PathError as e:
-    typer.echo(f"fifa infer: error: {e}", err=True)
-    raise typer.Exit(code=2)
-  try:
     _infer(checkpoint, image, task, out, region, box, tokenizer, max_new_tokens, param_dtype,
            batch_size, overlays, rle, progress, faces, mesh)
     if remote_out:
@@ -409,7 +401,9 @@ def infer(
 
 def _infer(checkpoint, image, task, out, region, box, tokenizer, max_new_tokens, param_dtype,
            batch_size, overlays, rle, progress, faces, mesh) -> None:
-  from fifa_jax.infer import load as load_lib  # lazy, as in `infer`
+  """`fifa infer` on local paths."""
+  # lazy: `--help` and the other commands load none of this
+  from fifa_jax.infer import load as load_lib
   from fifa_jax.infer import predict
   from fifa_jax.infer import run as infer_run
 
