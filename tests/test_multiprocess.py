@@ -2,7 +2,8 @@
 one process with 8 devices: the multi-host paths (jax.distributed start-up, per-host data
 slices, global batches from process-local rows, bucket-length agreement, orbax saves by
 every process, per-process grain state, preemption agreed across hosts, resume) run for
-real, and the parameters match."""
+real, and the parameters match: the one-process run's up to summation order, and an
+uninterrupted two-process run's bit for bit."""
 
 from __future__ import annotations
 
@@ -140,4 +141,10 @@ def test_two_processes_match_one_process_and_resume(root, tmp_path):
   assert moved > 1e-3
   for k in pa:
     np.testing.assert_allclose(pb[k], pa[k], rtol=0, atol=5e-5, err_msg=k)
+
+  # Preempted and resumed is bit-equal to the same two processes never interrupted.
+  check_ok(run_two_processes(root, tmp_path / "straight", STEPS))
+  pc = flat(ckpt_lib.load_params(tmp_path / "straight" / "checkpoints", STEPS))
+  for k in pb:
+    np.testing.assert_array_equal(pb[k], pc[k], err_msg=k)
   assert jax.process_count() == 1
