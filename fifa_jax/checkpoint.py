@@ -326,9 +326,8 @@ def restore_model(path: str | Path, make: Callable[[Any], nnx.Module], config_cl
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         nnx.state(model), shardings(nnx.state(model))))
   state = nnx.state(model, WEIGHTS)
-  keep = (lambda x: x.sharding) if shardings is not None else (lambda x: None)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=keep(x)),
-                        nnx.to_pure_dict(state))
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=x.sharding if shardings is not None else None), nnx.to_pure_dict(state))
   with ocp.StandardCheckpointer() as ckptr:
     restored = ckptr.restore(path / "state", target)
   nnx.replace_by_pure_dict(state, restored)

@@ -87,7 +87,7 @@ def test_weights_are_read_into_their_shards(workdir, tmp_path, monkeypatch):
 
   training = load_lib.load(workdir[0], layout="training", mesh=mesh)
   assert read and all(str(x.sharding.mesh.shape) == str(mesh.shape) for x in read.values())
-  check(training.model, {k: v for k, v in read.items()})
+  check(training.model, read)
   check(load_lib.load(workdir[0], param_dtype="float32", mesh=mesh).model)
 
   one = load_lib.load(workdir[0], layout="training")
