@@ -325,7 +325,8 @@ def evaluate(
     out: str = typer.Option(..., help="Folder for report.md/json, predictions.jsonl and overlays/."),
     layout: str = typer.Option("fifa-bench", help="fifa-bench (Table 3), dd-vqa (Table 4) or dfa-bench (Table 5)."),
     tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: the layout's)."),
-    max_per_task: Optional[int] = typer.Option(None, help="Evaluate at most this many records per task."),
+    max_per_task: Optional[int] = typer.Option(
+        None, help="Evaluate at most this many records per task, evenly spaced over the split's."),
     batch_size: int = typer.Option(8, help="Per-host batch (rounded up to the local devices)."),
     max_new_tokens: int = typer.Option(128, help="Answer length limit."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer folder (default: the checkpoint's)."),

@@ -100,6 +100,10 @@ class OptimConfig:
   b2: float = 0.95
   eps: float = 1e-8
   clip_norm: float = 1.0
+  # Learning-rate multipliers per top-level module of FiFaMLLM (`vit`, `decoder`,
+  # `llm`, ...): a module's rate is lr * its multiplier (1 when not named).  The CPU
+  # demo trains its image side from scratch at a fifth of the LLM's rate.
+  lr_mult: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -132,6 +136,15 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class WarmupConfig:
+  """The image side trained alone before the run (train/warmup.py): a stand-in for
+  FaRL/SAM weights when training from random ones.  0 steps: off (the paper recipes)."""
+  steps: int = 0
+  batch_size: int = 16  # class-balanced
+  concepts_per_image: int = 4  # Region / Regional Artifact Mask pairs per face
+
+
+@dataclasses.dataclass
 class CheckpointConfig:
   every: int = 500
   keep: int = 3
@@ -161,6 +174,7 @@ class Config:
   loss: LossConfig = dataclasses.field(default_factory=LossConfig)
   mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  warmup: WarmupConfig = dataclasses.field(default_factory=WarmupConfig)
   checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
   distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
   bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
@@ -178,6 +192,12 @@ class Config:
         raise ConfigError(f"data.tasks.{task}: weight must be >= 0, got {w}")
     if not any(w > 0 for w in d.tasks.values()):
       raise ConfigError("data.tasks: at least one task needs a positive weight")
+    wu = self.warmup
+    if wu.steps < 0 or wu.batch_size < 2 or wu.concepts_per_image < 1:
+      raise ConfigError("warmup: steps must be >= 0, batch_size >= 2 and concepts_per_image >= 1")
+    for name, mult in self.optim.lr_mult.items():
+      if mult < 0:
+        raise ConfigError(f"optim.lr_mult.{name}: multiplier must be >= 0, got {mult}")
     if not d.buckets or sorted(d.buckets) != d.buckets or min(d.buckets) <= 0:
       raise ConfigError(f"data.buckets: need increasing positive lengths, got {d.buckets}")
     if t.batch_size <= 0 or t.steps <= 0 or t.grad_accum <= 0:

@@ -130,3 +130,13 @@ def test_mask_scores_from_counts_equal_metrics():
   want = metrics.mask_scores(preds, trues)
   for k in ("mIoU", "gIoU", "cIoU"):
     assert got[k] == pytest.approx(want[k])
+
+
+def test_max_per_task_spreads_over_the_split():
+  """Shards list a split's reals before its fakes: a subset must span both."""
+  items = [("real", i) for i in range(15)] + [("fake", i) for i in range(22)]
+  picked = bench.spread(items, 16)
+  assert len(picked) == len(set(picked)) == 16
+  assert picked[0] == items[0] and picked[-1] == items[-1] and picked == sorted(picked, key=items.index)
+  assert {c for c, _ in picked} == {"real", "fake"}
+  assert bench.spread(items, None) == items and bench.spread(items[:3], 16) == items[:3]

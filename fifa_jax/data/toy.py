@@ -40,7 +40,9 @@ def _entry(i: int, rng: np.random.Generator, size: int, fake: bool) -> records.M
     m[y0:y0 + size // 3, x0:x0 + size // 3] = True
     artifact = records.rle_encode(m)
   return records.MaskEntry(image_id=f"img{i:03d}", image=png.tobytes(), height=size, width=size,
-                           atomic=atomic, artifact=artifact, source="synthetic" if fake else "FFHQ")
+                           atomic=atomic, artifact=artifact, source="synthetic" if fake else "FFHQ",
+                           meta={"label": "fake" if fake else "real",
+                                 "technique": "synthetic" if fake else "FFHQ"})
 
 
 def _records(entry: records.MaskEntry, split: str, rng: random.Random) -> list[records.QARecord]:

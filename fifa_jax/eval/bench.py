@@ -63,6 +63,14 @@ def _paired(pred: list[np.ndarray], true: np.ndarray) -> np.ndarray:
   return out
 
 
+def spread(items: list, k: int | None) -> list:
+  """At most `k` of `items`, evenly spaced and in order: shards list records image by
+  image (reals, then fakes), so the first k would often be one class only."""
+  if k is None or len(items) <= k:
+    return list(items)
+  return [items[int(i)] for i in np.linspace(0, len(items) - 1, k).round()]
+
+
 def evaluate(loaded: Loaded, data: str | Path, split: str, out: str | Path, *,
              layout: str = "fifa-bench", tasks: Sequence[str] | None = None,
              max_per_task: int | None = None, batch_size: int = 8, max_new_tokens: int = 128,
@@ -92,7 +100,7 @@ def evaluate(loaded: Loaded, data: str | Path, split: str, out: str | Path, *,
 
   work: list[QARecord] = []
   for t in tasks:
-    recs = find_records(data, split, t)[:max_per_task]
+    recs = spread(find_records(data, split, t), max_per_task)
     work.extend(recs[pid::nproc])
   if not work:
     raise FileNotFoundError(f"no {split} records for tasks {tasks} under {data}/qa/{split}/")

@@ -186,6 +186,10 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
     n_train, n_frozen = state_lib.count(state["params"]), state_lib.count(state["frozen"])
     log(f"initialised FiFa-MLLM ({cfg.model.preset}): {n_train:,} trainable, {n_frozen:,} frozen "
         f"parameters" + (f"; weights from {cfg.model.init_from}" if cfg.model.init_from else ""))
+    if cfg.warmup.steps:
+      from fifa_jax.train import warmup  # lazy: only runs from random weights use it
+      masks = cfg.data.masks.format(root=cfg.data.root, split=cfg.data.split)
+      state = warmup.run(cfg, setup, state, masks, log=log)
   start = int(jax.device_get(state["step"]))
   if start >= cfg.train.steps:
     log(f"nothing to do: step {start} >= train.steps {cfg.train.steps}")

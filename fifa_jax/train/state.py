@@ -65,6 +65,7 @@ def make_setup(cfg: Config, fcfg: FiFaConfig, mesh: Mesh) -> Setup:
   tx = optim.make_tx(cfg.optim, cfg.train.steps)
   abs_model = nnx.eval_shape(lambda: FiFaMLLM(fcfg, rngs=nnx.Rngs(0)))
   graphdef, p, f, r = split(abs_model, filt)
+  optim.check_lr_mult(cfg.optim, nnx.to_pure_dict(p))
   rep = NamedSharding(mesh, P())
   p_sh = _pure_shardings(p, mesh)
   abs_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(p))
