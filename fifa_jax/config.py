@@ -141,7 +141,10 @@ class WarmupConfig:
   FaRL/SAM weights when training from random ones.  0 steps: off (the paper recipes)."""
   steps: int = 0
   batch_size: int = 16  # class-balanced
-  concepts_per_image: int = 4  # Region / Regional Artifact Mask pairs per face
+  # Mask pairs (Region, Regional Artifact) per face: the whole image's first, then
+  # concepts (half of them ones a fake's artifacts touch).  1, the whole image's
+  # only, teaches Det. fastest (docs/learning.md section 4).
+  concepts_per_image: int = 1
 
 
 @dataclasses.dataclass

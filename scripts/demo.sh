@@ -25,7 +25,10 @@ $fifa prep sample astronaut --out "$out/astronaut.png"
 $fifa prep regions "$out/astronaut.png" --out "$out/astronaut_regions.npz" --overlay "$out/astronaut_regions.png"
 
 step "3. Synthetic forgeries with known artifact masks, from the offline faces (one person per split)"
-$fifa data synth --out "$out/synth" --n 150 --n-real 60 --size 256 --max-ops 1 --crop tight --quiet
+# Visible forgeries (recolour, noise, sharpening: plain at the cpu model's 128 px) and
+# about as many real faces as fakes, so that "fake" is not the answer a prior gives.
+$fifa data synth --out "$out/synth" --n 150 --n-real 100 --size 256 --max-ops 1 --crop tight \
+  --strength visible --quiet
 
 step "4. FiFa-Annotator on every face: Region Masks; for fakes also Steps 2 and 5 (known masks as Step 1)"
 $fifa prep batch "$out/synth/real" --out "$out/ann/real" --workers 2 --quiet
@@ -40,7 +43,7 @@ $fifa data show "$out/data/qa/test/b-age-test-00000.array_record" 0 --out "$out/
 step "6. FiFa-MLLM at paper size, initialised abstractly (no memory allocated)"
 $fifa params --config paper
 
-step "7. Train the cpu FiFa-MLLM from scratch on those shards (all 11 tasks mixed by Table 17; rerun to resume)"
+step "7. Train the cpu FiFa-MLLM from scratch on those shards: the image side alone first, then all 11 tasks mixed by Table 17 (rerun to resume)"
 $fifa train --config configs/demo_cpu.yaml --workdir "$out/train" --set data.root="$out/data" \
   ${STEPS:+--set train.steps=$STEPS}
 $py -m fifa_jax.train.plot "$out/train/metrics.jsonl" -o "$out/train/learning_curve.png" \

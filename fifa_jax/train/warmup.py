@@ -9,12 +9,14 @@ prior and mask Dice at 0.96-0.99 (docs/learning.md section 4).
 `warmup.steps > 0` trains that image side alone first, with no LLM in the loop
 (a step costs a tenth of a full one), on the same training split and the same
 supervision the full recipe gives it: Det. and Cls. labels through the `[D]`
-and `[C]` passes, and Region / Regional Artifact Masks through the `[M]` pass.
-What stands for a `[SEG]` state is a learned embedding per FICT concept, used
-only here; the full recipe then teaches the LLM to produce states the decoder
-already reads.  Batches are class-balanced (the Det. head otherwise learns the
-prior), half of a fake's concepts are ones its artifacts touch, and the
-learning rate is the image side's (`optim.lr * optim.lr_mult`).
+and `[C]` passes, and Region / Regional Artifact Masks through the `[M]` pass,
+first of all those of "whole facial image" (the whole-image artifact mask: dense,
+per-patch evidence of where the forgery is, which is what makes the Face Encoder
+learn to see it).  What stands for a `[SEG]` state is a learned embedding per
+FICT concept, used only here.  Batches are class-balanced (the Det. head
+otherwise learns the prior); with `concepts_per_image > 1`, half of a fake's
+further concepts are ones its artifacts touch.  The learning rate is the image
+side's (`optim.lr * optim.lr_mult`).
 
 Only the modules outside the LLM that the image path uses are updated; the
 state's optimizer moments stay fresh for the main run.  It runs once, when a
@@ -198,43 +200,29 @@ def run(cfg: Config, setup: state_lib.Setup, state: dict, masks_folder: str,
         bar.set_postfix({k: f"{float(v):.3f}" for k, v in parts.items()})
     bar.close()
     if dev:
-      acc, iou = _held_out(lambda b: predict(trainable, put(b)), dev, w.concepts_per_image)
-      log(f"warm-up done ({time.perf_counter() - t0:.0f} s): dev split Det. accuracy "
-          f"{acc:.1%}, Regional Artifact Mask IoU {iou:.1%} (concepts its artifacts touch)")
+      acc, iou = _held_out(lambda b: predict(trainable, put(b)), dev)
+      log(f"warm-up done ({time.perf_counter() - t0:.0f} s): on the dev split, Det. accuracy "
+          f"{acc:.1%}, whole-image artifact mask IoU {iou:.1%}")
   params = {**rest_params, **trainable}
   params = jax.device_put({k: params[k] for k in state["params"]}, setup.shardings["params"])
   return {**state, "params": params}
 
 
-def _held_out(predict, data: dict, per_image: int, batch: int = 16) -> tuple[float, float]:
-  """Det. accuracy, and the IoU (summed over masks) of the artifact masks of concepts
-  the artifacts touch; fixed-size batches, the last one wrapped, so one compilation."""
-  rng = np.random.default_rng(0)
+def _held_out(predict, data: dict, batch: int = 16) -> tuple[float, float]:
+  """Det. accuracy, and the IoU (pixels summed over the fakes) of the whole image's
+  artifact mask; fixed-size batches, the last one wrapped, so one compilation."""
   n = len(data["det"])
   right, inter, union = 0, 0.0, 0.0
   for start in range(0, n, batch):
     idx, m = np.arange(start, start + batch) % n, min(batch, n - start)
-    b = _in_order(data, idx, rng, per_image)
-    labels, masks = (np.asarray(x) for x in predict(b))
-    right += int((labels[:m] == data["det"][idx[:m]]).sum())
-    t = b["masks"][: m * per_image, 1] > 0
-    p = masks[: m * per_image]
-    keep = t.any((1, 2))
-    inter += float((p[keep] & t[keep]).sum())
-    union += float((p[keep] | t[keep]).sum())
+    b = {"pixels": np.stack([normalise(data["images"][i]) for i in idx]).astype(np.float32),
+         "concepts": np.full(len(idx), WHOLE, np.int32), "rows": np.arange(len(idx), dtype=np.int32),
+         "masks": np.stack([[data["region"][i][WHOLE], data["artifact"][i][WHOLE]]
+                            for i in idx]).astype(np.float32)}
+    labels, masks = (np.asarray(x)[:m] for x in predict(b))
+    right += int((labels == data["det"][idx[:m]]).sum())
+    fake = data["det"][idx[:m]] == 1
+    t = b["masks"][:m, 1][fake] > 0
+    inter += float((masks[fake] & t).sum())
+    union += float((masks[fake] | t).sum())
   return right / n, inter / max(union, 1.0)
-
-
-def _in_order(data: dict, idx: np.ndarray, rng: np.random.Generator, per_image: int) -> dict:
-  """Images `idx`, unaugmented, with `per_image` concepts each (touched ones where any)."""
-  concepts, masks = [], []
-  for i in idx:
-    touched = np.flatnonzero(data["artifact"][i].any((1, 2)))
-    present = np.flatnonzero(data["region"][i].any((1, 2)))
-    pick = rng.choice(touched if len(touched) else present, per_image)
-    concepts.append(pick)
-    masks += [np.stack([data["region"][i][c], data["artifact"][i][c]]) for c in pick]
-  return {"pixels": np.stack([normalise(data["images"][i]) for i in idx]).astype(np.float32),
-          "concepts": np.concatenate(concepts).astype(np.int32),
-          "rows": np.repeat(np.arange(len(idx)), per_image).astype(np.int32),
-          "masks": np.stack(masks).astype(np.float32)}
