@@ -55,7 +55,7 @@ def tiny_run(tmp_path_factory):
                      "warmup.batch_size=4", "warmup.concepts_per_image=3", "optim.lr=3e-3",
                      "optim.lr_mult={vit: 0.5}"])
   fcfg = config.model_config(cfg)
-  setup = state_lib.make_setup(cfg, fcfg, mesh_lib.make_mesh(1, 1, 1))
+  setup = state_lib.make_setup(cfg, fcfg, mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
   state = state_lib.init_state(setup, 0, jit=False)
   return cfg, fcfg, setup, state, str(root / "masks")
 

@@ -234,13 +234,16 @@ def train_filter(spec: PolicySpec):
 def steps_for(graphdef, cfg: AgentTrainConfig) -> Steps:
   """The compiled functions for a policy and config, shared by runs that agree on them
   (a resumed run in the same process compiles nothing again)."""
-  optim_items = tuple(sorted(dataclasses.asdict(cfg.optim).items()))  # hashable
+  # hashable: the mapping lr_mult as sorted pairs
+  optim_items = tuple(sorted((k, tuple(sorted(v.items())) if isinstance(v, dict) else v)
+                             for k, v in dataclasses.asdict(cfg.optim).items()))
   return _steps(graphdef, cfg.grpo, optim_items, cfg.sft_lr, cfg.steps)
 
 
 @functools.lru_cache(maxsize=8)
 def _steps(graphdef, g: GrpoSettings, optim_items: tuple, sft_lr: float, steps: int) -> Steps:
-  return Steps(graphdef, g, OptimConfig(**dict(optim_items)), sft_lr, steps)
+  optim_cfg = OptimConfig(**{k: dict(v) if k == "lr_mult" else v for k, v in optim_items})
+  return Steps(graphdef, g, optim_cfg, sft_lr, steps)
 
 
 class Steps:

@@ -21,7 +21,9 @@ side's (`optim.lr * optim.lr_mult`).
 Only the modules outside the LLM that the image path uses are updated; the
 state's optimizer moments stay fresh for the main run.  It runs once, when a
 run starts from step 0 (a resumed run has it in its checkpoint), and prints the
-held-out (dev split) Det. accuracy and artifact-mask IoU it reached.
+held-out (dev split) Det. accuracy and artifact-mask IoU it reached.  It is
+sized for the small models it serves (the whole split in host memory, the batch
+replicated over the mesh); with pretrained weights, leave it off.
 """
 
 from __future__ import annotations
