@@ -144,9 +144,9 @@ TOY = ["grpo.group_size=8", "grpo.prompts_per_step=4", "grpo.max_prompt_tokens=7
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
-  """The toy policy: a 100-step cold start, then 40 GRPO steps."""
+  """The toy policy: a 100-step cold start, then 60 GRPO steps."""
   work = tmp_path_factory.mktemp("toy")
-  cfg = trainer.load_config(TOY_YAML, TOY + ["sft_steps=100", "steps=40",
+  cfg = trainer.load_config(TOY_YAML, TOY + ["sft_steps=100", "steps=60",
                                                                   "checkpoint_every=1000"])
   trainer.train(cfg, work, progress=False)
   return work
@@ -156,11 +156,13 @@ def toy_run(tmp_path_factory):
 def test_grpo_raises_the_toy_policys_mean_reward(toy_run):
   rows = [json.loads(line) for line in (toy_run / "metrics.jsonl").read_text().splitlines()]
   grpo_rows = [r for r in rows if "reward/total" in r]
-  assert [r["step"] for r in grpo_rows] == list(range(105, 141, 5))
-  first, last = grpo_rows[:2], grpo_rows[-2:]  # GRPO steps 1-10 and 31-40
+  assert [r["step"] for r in grpo_rows] == list(range(105, 161, 5))
+  first, last = grpo_rows[:3], grpo_rows[-3:]  # GRPO steps 1-15 and 46-60
   mean = lambda rows, key: np.mean([r[key] for r in rows])  # noqa: E731
   # The cold start leaves the format half learnt at temperature 1; GRPO sharpens it, and
-  # the total rises (measured: +0.41 and +0.65 with seeds 0 and 1).
+  # the total rises. Per 5-step row the reward is noisy (+-0.3), hence 60 steps and
+  # three rows a side: +0.52 on 2026-12-02's machine, where 40 steps and two rows a side
+  # gave +0.12 (earlier machines: +0.41 and +0.65 with seeds 0 and 1).
   assert mean(last, "reward/total") > mean(first, "reward/total") + 0.25
   assert mean(last, "reward/format") > mean(first, "reward/format")
   assert all(r["sft/loss"] < 0.5 for r in rows if r["step"] == 100)
