@@ -72,7 +72,7 @@ def test_warmup_trains_the_image_side_only_and_learns(tiny_run):
 
   lines = []
   out = warmup.run(cfg, setup, state, masks, log=lines.append)
-  assert "dev split Det. accuracy" in lines[-1]
+  assert "on the dev split, Det. accuracy" in lines[-1] and "artifact mask IoU" in lines[-1]
   changed = {k for k in state["params"]
              if any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state["params"][k]),
                                                              jax.tree.leaves(out["params"][k])))}
