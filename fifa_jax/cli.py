@@ -328,7 +328,8 @@ def evaluate(
     max_per_task: Optional[int] = typer.Option(
         None, help="Evaluate at most this many records per task, evenly spaced over the split's."),
     batch_size: int = typer.Option(8, help="Per-host batch (rounded up to the local devices)."),
-    max_new_tokens: int = typer.Option(128, help="Answer length limit."),
+    max_new_tokens: Optional[int] = typer.Option(
+        None, help="Answer length limit (default: the longest reference answer evaluated, plus a margin)."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer folder (default: the checkpoint's)."),
     param_dtype: Optional[str] = typer.Option(None, help="Weights' dtype for decoding: float32, bfloat16 or float16 (default: the model's compute dtype, bf16 for the paper preset)."),
     mesh: Optional[str] = typer.Option(None, help=MESH_HELP),

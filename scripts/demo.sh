@@ -51,14 +51,14 @@ $py -m fifa_jax.train.plot "$out/train/metrics.jsonl" -o "$out/train/learning_cu
 
 step "8. Evaluate on the synthetic test split (a person never seen in training): the Table 3 report"
 $fifa eval --checkpoint "$out/train" --data "$out/data" --split test --out "$out/eval" \
-  --max-per-task 16 --batch-size 8 --max-new-tokens 160 > "$out/eval.log"
+  --max-per-task 16 --batch-size 8 > "$out/eval.log"
 cat "$out/eval/report.md"
 $py scripts/demo_targets.py "$out/eval/report.json"
 
 step "9. Ask the model about the astronaut's photo: her face is found and cropped as the training faces are, all 11 tasks"
 $fifa prep faces "$out/astronaut.png"
 $fifa infer --checkpoint "$out/train" --image "$out/astronaut.png" --faces largest --task all \
-  --region "right eye" --box "177,87,226,131" --out "$out/infer" --max-new-tokens 160
+  --region "right eye" --box "177,87,226,131" --out "$out/infer" --max-new-tokens 480
 # The face crop itself, for the README's Python, chat and HTTP examples.
 $py - "$out" <<'EOF'
 import sys, cv2

@@ -111,6 +111,7 @@ def test_eval_writes_the_table3_report(workdir, tmp_path):
   assert set(per_task) == set(tasks)
   assert 0 <= per_task["det"]["accuracy"] <= 1 and "METEOR" in per_task["b-age"]
   assert "mIoU" in per_task["r-loc"] and "METEOR" not in per_task["r-loc"]
+  assert 0 <= per_task["r-loc"]["matched_mIoU"] <= 1 and "matched mIoU" in md
   for r in rows:
     if tokens.task_has_masks(r["task"]):
       assert len(r["mask_inter"]) == len(r["mask_union"]) >= 1
@@ -140,3 +141,13 @@ def test_max_per_task_spreads_over_the_split():
   assert picked[0] == items[0] and picked[-1] == items[-1] and picked == sorted(picked, key=items.index)
   assert {c for c, _ in picked} == {"real", "fake"}
   assert bench.spread(items, None) == items and bench.spread(items[:3], 16) == items[:3]
+
+
+def test_answer_limit_covers_the_longest_reference(workdir):
+  """`fifa eval`'s default answer limit comes from the references evaluated."""
+  work, data, _ = workdir
+  tok = load_lib.load(work).tokenizer
+  recs = bench.find_records(data, "test", "b-age")[:3]
+  longest = max(len(tok(r.answer, add_special_tokens=False)["input_ids"]) for r in recs)
+  limit = bench.answer_limit(tok, recs)
+  assert limit % 32 == 0 and longest + 1 + 16 <= limit < longest + 1 + 16 + 32

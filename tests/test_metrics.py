@@ -123,3 +123,20 @@ def test_caption_scores_fixed_cases():
     M.caption_scores(["x"], ["not a list"])
   with pytest.raises(ValueError, match="2 predictions for 1"):
     M.caption_scores(["x", "y"], [["x"]])
+
+
+def test_matched_iou_pairs_by_overlap_whatever_the_order():
+  """GLaMM GCG's pairing: greedy by highest IoU, one to one, mean of overlapping pairs."""
+  a = np.zeros((8, 8), bool); a[:4, :4] = True      # 16 px
+  b = np.zeros((8, 8), bool); b[4:, 4:] = True      # 16 px
+  c = np.zeros((8, 8), bool); c[:4, :2] = True      # 8 px, inside a
+  true = np.stack([a, b])
+  # The same masks in the other order: positional IoU 0, matched IoU 1.
+  assert M.matched_iou(np.stack([b, a]), true) == 1.0
+  assert M.mask_scores([np.stack([b, a])], [true])["mIoU"] == 0.0
+  # c overlaps a only (IoU 0.5); the extra empty prediction pairs with nothing.
+  assert M.matched_iou(np.stack([c, np.zeros_like(a)]), true) == pytest.approx(0.5)
+  # One prediction over both true masks pairs with one of them: IoU 16 / 32.
+  assert M.matched_iou((a | b)[None], true) == pytest.approx(0.5)
+  assert M.matched_iou(np.zeros((0, 8, 8), bool), true) == 0.0
+  assert M.matched_iou(np.stack([~(a | b)]), true) == 0.0  # no overlap at all

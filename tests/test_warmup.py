@@ -73,6 +73,11 @@ def test_warmup_trains_the_image_side_only_and_learns(tiny_run):
   lines = []
   out = warmup.run(cfg, setup, state, masks, log=lines.append)
   assert "on the dev split, Det. accuracy" in lines[-1] and "artifact mask IoU" in lines[-1]
+  assert "Regional Artifact Mask mIoU" in lines[-1] and "Region Mask mIoU" in lines[-1]
+  # The whole image first, then Atomic Concepts only (the ones Loc./AGE [SEG]s name).
+  picks = warmup.draw_batch(data, np.random.default_rng(0), 4, 3, augment=False)["concepts"]
+  assert (picks.reshape(4, 3)[:, 0] == warmup.WHOLE).all()
+  assert warmup.IS_ATOMIC[picks.reshape(4, 3)[:, 1:]].all()
   changed = {k for k in state["params"]
              if any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state["params"][k]),
                                                              jax.tree.leaves(out["params"][k])))}

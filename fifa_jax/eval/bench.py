@@ -12,7 +12,8 @@ What is scored, per task (predictions parsed from the generated text):
   toe  caption_scores of the answer against the record's answer (markers stripped)
   loc  mask_scores: the k-th predicted Regional Artifact Mask against the k-th
        [SEG]'s true one (Region Mask AND artifact mask at full resolution); a
-       missing prediction counts as an empty mask, extra ones are ignored
+       missing prediction counts as an empty mask, extra ones are ignored; beside
+       it, GLaMM GCG's matched mIoU (metrics.matched_iou), pairs found by IoU
   age  both caption and mask scores
 Outputs in OUT: report.md, report.json, predictions.jsonl, overlays/<task>-<k>.png.
 """
@@ -63,6 +64,13 @@ def _paired(pred: list[np.ndarray], true: np.ndarray) -> np.ndarray:
   return out
 
 
+def answer_limit(tokenizer, records: Sequence[QARecord], margin: int = 16, multiple: int = 32) -> int:
+  """Tokens enough for the longest reference answer of `records` and `</s>`, plus
+  `margin`, rounded up to a `multiple` (one compiled decode loop for nearby limits)."""
+  longest = max(len(tokenizer(r.answer, add_special_tokens=False)["input_ids"]) for r in records)
+  return -(-(longest + 1 + margin) // multiple) * multiple
+
+
 def spread(items: list, k: int | None) -> list:
   """At most `k` of `items`, evenly spaced and in order: shards list records image by
   image (reals, then fakes), so the first k would often be one class only."""
@@ -73,9 +81,15 @@ def spread(items: list, k: int | None) -> list:
 
 def evaluate(loaded: Loaded, data: str | Path, split: str, out: str | Path, *,
              layout: str = "fifa-bench", tasks: Sequence[str] | None = None,
-             max_per_task: int | None = None, batch_size: int = 8, max_new_tokens: int = 128,
+             max_per_task: int | None = None, batch_size: int = 8, max_new_tokens: int | None = None,
              overlays_per_task: int = 2, progress: bool = True) -> dict:
-  """Run the benchmark; returns the report dict (also written to `out`)."""
+  """Run the benchmark; returns the report dict (also written to `out`).
+
+  `max_new_tokens=None` takes the answer limit from the data: the longest reference
+  answer among the records evaluated, plus a margin (`answer_limit`).  A fixed limit
+  below the references' lengths cuts answers short, which costs METEOR its recall and
+  Loc./AGE the masks of every [SEG] past the cut.
+  """
 
   if layout not in LAYOUT_TASKS:
     raise ValueError(f"unknown layout {layout!r}; choose from {sorted(LAYOUT_TASKS)}")
@@ -104,6 +118,10 @@ def evaluate(loaded: Loaded, data: str | Path, split: str, out: str | Path, *,
     work.extend(recs[pid::nproc])
   if not work:
     raise FileNotFoundError(f"no {split} records for tasks {tasks} under {data}/qa/{split}/")
+  if max_new_tokens is None:
+    max_new_tokens = answer_limit(loaded.tokenizer, work)
+    if progress and pid == 0:
+      print(f"fifa eval: answers up to {max_new_tokens} tokens (the longest reference, plus a margin)")
   out.mkdir(parents=True, exist_ok=True)
   (out / "overlays").mkdir(exist_ok=True)
   rows_path = out / f"predictions-{pid}.jsonl"
@@ -139,7 +157,12 @@ def evaluate(loaded: Loaded, data: str | Path, split: str, out: str | Path, *,
   rows = [json.loads(l) for p in sorted(out.glob("predictions-*.jsonl")) for l in p.read_text().splitlines()]
   metrics = score(rows, store)
   tab = report.table(metrics, layout, name=loaded.source)
-  (out / "report.md").write_text(f"# {layout} ({split}, {len(rows)} samples)\n\n" + report.markdown(tab))
+  matched = [f"{tokens.TASK_NAMES[t]} {100 * m['matched_mIoU']:.2f}" for t, m in metrics.items()
+             if "matched_mIoU" in m]
+  note = ("\n\nMasks paired by IoU as GLaMM's GCG evaluation pairs them (matched mIoU, "
+          "not the table's positional mIoU): " + ", ".join(matched) + "\n") if matched else ""
+  (out / "report.md").write_text(f"# {layout} ({split}, {len(rows)} samples)\n\n"
+                                 + report.markdown(tab) + note)
   (out / "report.json").write_text(report.to_json(tab, metrics))
   with open(out / "predictions.jsonl", "w") as fh:
     for r in rows:
@@ -158,7 +181,9 @@ def _row(rec: QARecord, p: predict.Prediction, store: MaskStore) -> dict:
     # The Region Masks (the auxiliary output) against the concepts' own masks.
     true_r = np.stack([e.region_mask(c) for c in rec.seg_concepts])
     r_inter, r_union = _overlap(_paired(p.region_masks, true_r), true_r)
+    matched = metrics_lib.matched_iou(np.asarray(p.artifact_masks, bool).reshape(-1, *true.shape[1:]), true)
     row.update(num_pred_masks=len(p.artifact_masks), num_segs=tokens.count_segs(p.text),
+               matched_iou=matched,
                mask_inter=inter.tolist(), mask_union=union.tolist(),
                region_inter=r_inter.tolist(), region_union=r_union.tolist())
   return row
@@ -189,6 +214,8 @@ def score(rows: list[dict], store: MaskStore | None = None) -> dict[str, dict]:
                                 [[tokens.strip_markers(r["reference"])] for r in rs]))
     if kind in ("loc", "age"):
       m.update(_mask_scores_from_counts(rs))
+      if all("matched_iou" in r for r in rs):  # GLaMM GCG's pairing (metrics.matched_iou)
+        m["matched_mIoU"] = float(np.mean([r["matched_iou"] for r in rs]))
       if all("region_inter" in r for r in rs):
         region = _mask_scores_from_counts(rs, "region_inter", "region_union")
         m.update({f"region_{k}": v for k, v in region.items()})

@@ -21,6 +21,11 @@ where both are empty has IoU 1 (LISA's convention), a pair where only one is emp
   mIoU: mean over samples of the mean IoU of that sample's masks (FiFa tables);
   gIoU: mean IoU over all masks (LISA's "gIoU");
   cIoU: sum of intersections / sum of unions over all masks (LISA's "cIoU").
+  matched mIoU (`matched_iou`): GLaMM's GCG evaluation, which FiFa's code builds on:
+    predicted and true masks paired one to one greedily by highest IoU, whatever
+    their order; the mean IoU of the pairs that overlap (0 when none do).  It scores
+    masks whose concepts the answer named in another order or in part, which the
+    positional mIoU counts as misses.  Reported beside mIoU, never instead of it.
 """
 
 from __future__ import annotations
@@ -148,6 +153,23 @@ def _stack(m, name: str, i: int) -> np.ndarray:
   if a.ndim != 3:
     raise ValueError(f"{name}[{i}]: expected [H, W] or [N, H, W], got shape {a.shape}")
   return a
+
+
+def matched_iou(pred: np.ndarray, true: np.ndarray) -> float:
+  """GLaMM GCG's per-sample mIoU of [P, H, W] and [G, H, W] bool stacks (module docstring)."""
+  pred, true = np.asarray(pred, bool), np.asarray(true, bool)
+  if not len(pred) or not len(true):
+    return 0.0
+  p, t = pred.reshape(len(pred), -1).astype(np.float32), true.reshape(len(true), -1).astype(np.float32)
+  inter = p @ t.T
+  union = p.sum(1)[:, None] + t.sum(1)[None] - inter
+  iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+  paired = []
+  while iou.size and iou.max() > 0:
+    i, j = np.unravel_index(np.argmax(iou), iou.shape)
+    paired.append(float(iou[i, j]))
+    iou = np.delete(np.delete(iou, i, axis=0), j, axis=1)
+  return float(np.mean(paired)) if paired else 0.0
 
 
 def mask_scores(pred_masks: Sequence, true_masks: Sequence) -> dict[str, float]:

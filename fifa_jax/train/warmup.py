@@ -48,6 +48,7 @@ CONCEPTS: tuple[str, ...] = tuple(fict.CONCEPTS)
 # [SEG] projector that the concept embeddings pass through.
 CONCEPT_TABLE = "warmup_concepts"  # the stand-in [SEG] states, dropped after the warm-up
 WHOLE = CONCEPTS.index("whole facial image")
+IS_ATOMIC = np.isin(np.arange(len(CONCEPTS)), [CONCEPTS.index(a) for a in fict.ATOMIC])
 IMAGE_SIDE = ("vit", "decoder_projector", "decoder", "pixel_decoder", "det_head", "cls_head",
               "seg_projector")
 
@@ -105,8 +106,9 @@ def draw_batch(data: dict, rng: np.random.Generator, batch: int, per_image: int,
   for i in idx:
     aug = Augment.draw(rng) if augment else None
     pixels.append(normalise(aug.image(data["images"][i]) if aug else data["images"][i]))
-    present = np.flatnonzero(data["region"][i].any((1, 2)))
-    touched = np.flatnonzero(data["artifact"][i].any((1, 2)))
+    # Atomic Concepts only: the [SEG]s of Loc./AGE answers name them.
+    present = np.flatnonzero(data["region"][i].any((1, 2)) & IS_ATOMIC)
+    touched = np.flatnonzero(data["artifact"][i].any((1, 2)) & IS_ATOMIC)
     k = (per_image - 1) // 2 if len(touched) else 0
     # The whole image's artifact mask first: dense, per-patch evidence of the forgery.
     pick = np.concatenate([[WHOLE], rng.choice(touched, k) if k else np.zeros(0, int),
@@ -163,7 +165,8 @@ def run(cfg: Config, setup: state_lib.Setup, state: dict, masks_folder: str,
     det, cls = model.classify(image)
     seg = trainable[CONCEPT_TABLE][batch["concepts"]]
     masks = model.decode_masks(image, seg, batch["rows"])
-    masks = jax.image.resize(masks, masks.shape[:2] + batch["masks"].shape[-2:], "bilinear")
+    if "masks" in batch:  # targets at another resolution than the logits
+      masks = jax.image.resize(masks, masks.shape[:2] + batch["masks"].shape[-2:], "bilinear")
     return det, cls, masks
 
   def loss_fn(trainable, batch):
@@ -185,7 +188,7 @@ def run(cfg: Config, setup: state_lib.Setup, state: dict, masks_folder: str,
   @jax.jit
   def predict(trainable, batch):
     det, _, masks = forward(trainable, batch)
-    return det.argmax(-1), masks[:, 1] > 0
+    return det.argmax(-1), masks > 0
 
   rep = NamedSharding(setup.mesh, P())
   put = lambda b: jax.device_put(b, rep)
@@ -201,29 +204,59 @@ def run(cfg: Config, setup: state_lib.Setup, state: dict, masks_folder: str,
         bar.set_postfix({k: f"{float(v):.3f}" for k, v in parts.items()})
     bar.close()
     if dev:
-      acc, iou = _held_out(lambda b: predict(trainable, put(b)), dev)
+      r = _held_out(lambda b: predict(trainable, put(b)), dev)
       log(f"warm-up done ({time.perf_counter() - t0:.0f} s): on the dev split, Det. accuracy "
-          f"{acc:.1%}, whole-image artifact mask IoU {iou:.1%}")
+          f"{r['det_acc']:.1%}, whole-image artifact mask IoU {r['whole_iou']:.1%}; concepts the "
+          f"artifacts touch: Regional Artifact Mask mIoU {r['concept_iou']:.1%}, Region Mask mIoU "
+          f"{r['region_iou']:.1%}")
   params = {**rest_params, **trainable}
   params = jax.device_put({k: params[k] for k in state["params"]}, setup.shardings["params"])
   return {**state, "params": params}
 
 
-def _held_out(predict, data: dict, batch: int = 16) -> tuple[float, float]:
-  """Det. accuracy, and the IoU (pixels summed over the fakes) of the whole image's
-  artifact mask; fixed-size batches, the last one wrapped, so one compilation."""
+def spread(items, k: int) -> np.ndarray:
+  """At most `k` of `items`, evenly spaced."""
+  items = np.asarray(items)
+  return items if len(items) <= k else items[np.linspace(0, len(items) - 1, k).round().astype(int)]
+
+
+def _held_out(predict, data: dict, batch: int = 16, per_image: int = 4) -> dict[str, float]:
+  """On held-out faces: Det. accuracy; the IoU (pixels summed over the fakes) of the
+  whole image's artifact mask; and, as Loc. records ask, the mean IoU of the Regional
+  Artifact and Region Masks of up to `per_image` Atomic Concepts each fake's artifacts
+  touch (evenly spaced in FICT order; Loc. answers list Atomic Concepts).  Fixed-size batches, the last one wrapped, so one
+  compilation."""
   n = len(data["det"])
-  right, inter, union = 0, 0.0, 0.0
+  right, inter, union, concept_iou, region_iou = 0, 0.0, 0.0, [], []
   for start in range(0, n, batch):
     idx, m = np.arange(start, start + batch) % n, min(batch, n - start)
+    picks = []
+    for i in idx:
+      touched = np.flatnonzero(data["artifact"][i].any((1, 2)) & IS_ATOMIC)
+      touched = [int(c) for c in spread(touched, per_image)]
+      picks.append(([WHOLE] + touched + [WHOLE] * per_image)[:per_image + 1])
+    concepts = np.asarray(picks, np.int32)  # [batch, 1 + per_image]
     b = {"pixels": np.stack([normalise(data["images"][i]) for i in idx]).astype(np.float32),
-         "concepts": np.full(len(idx), WHOLE, np.int32), "rows": np.arange(len(idx), dtype=np.int32),
-         "masks": np.stack([[data["region"][i][WHOLE], data["artifact"][i][WHOLE]]
-                            for i in idx]).astype(np.float32)}
-    labels, masks = (np.asarray(x)[:m] for x in predict(b))
-    right += int((labels == data["det"][idx[:m]]).sum())
-    fake = data["det"][idx[:m]] == 1
-    t = b["masks"][:m, 1][fake] > 0
-    inter += float((masks[fake] & t).sum())
-    union += float((masks[fake] | t).sum())
-  return right / n, inter / max(union, 1.0)
+         "concepts": concepts.reshape(-1),
+         "rows": np.repeat(np.arange(len(idx)), concepts.shape[1]).astype(np.int32)}
+    labels, masks = (np.asarray(x) for x in predict(b))
+    masks = masks.reshape(len(idx), concepts.shape[1], *masks.shape[1:])  # [b, k, 2, h, w]
+    right += int((labels[:m] == data["det"][idx[:m]]).sum())
+    for j in range(m):
+      i = idx[j]
+      if data["det"][i] != 1:
+        continue
+      t = data["artifact"][i][WHOLE]
+      inter += float((masks[j, 0, 1] & t).sum())
+      union += float((masks[j, 0, 1] | t).sum())
+      for k, c in enumerate(concepts[j, 1:], start=1):
+        if c == WHOLE:
+          break
+        for got, want, acc in ((masks[j, k, 1], data["artifact"][i][c], concept_iou),
+                               (masks[j, k, 0], data["region"][i][c], region_iou)):
+          u = (got | want).sum()
+          acc.append(float((got & want).sum()) / u if u else 1.0)
+  nan = float("nan")
+  return {"det_acc": right / n, "whole_iou": inter / max(union, 1.0),
+          "concept_iou": float(np.mean(concept_iou)) if concept_iou else nan,
+          "region_iou": float(np.mean(region_iou)) if region_iou else nan}
