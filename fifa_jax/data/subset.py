@@ -125,3 +125,13 @@ def from_archive(archive: str | Path, out: str | Path) -> Path:
   for (split, stem), recs in shards.items():
     records.write_qa_records(out / "qa" / split / f"{stem}.array_record", recs)
   return out
+
+
+def spread(items, k: int | None) -> list:
+  """At most `k` of `items`, evenly spaced and in order.  `fifa eval --max-per-task`
+  takes records this way (shards list a split's reals before its fakes, so the first
+  k would often be one class only); the warm-up's dev check takes concepts this way."""
+  items = list(items)
+  if k is None or len(items) <= k:
+    return items
+  return [items[int(i)] for i in np.linspace(0, len(items) - 1, k).round()]

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from fifa_jax import mesh as mesh_lib, tokens
 from fifa_jax.data.pipeline import decode_image
 from fifa_jax.data.records import MaskStore, QARecord, read_qa_records
+from fifa_jax.data.subset import spread
 from fifa_jax.eval import metrics as metrics_lib
 from fifa_jax.eval import report
 from fifa_jax.infer import overlay, predict
@@ -67,16 +68,9 @@ def _paired(pred: list[np.ndarray], true: np.ndarray) -> np.ndarray:
 def answer_limit(tokenizer, records: Sequence[QARecord], margin: int = 16, multiple: int = 32) -> int:
   """Tokens enough for the longest reference answer of `records` and `</s>`, plus
   `margin`, rounded up to a `multiple` (one compiled decode loop for nearby limits)."""
-  longest = max(len(tokenizer(r.answer, add_special_tokens=False)["input_ids"]) for r in records)
+  ids = tokenizer([r.answer for r in records], add_special_tokens=False)["input_ids"]
+  longest = max(len(x) for x in ids)
   return -(-(longest + 1 + margin) // multiple) * multiple
-
-
-def spread(items: list, k: int | None) -> list:
-  """At most `k` of `items`, evenly spaced and in order: shards list records image by
-  image (reals, then fakes), so the first k would often be one class only."""
-  if k is None or len(items) <= k:
-    return list(items)
-  return [items[int(i)] for i in np.linspace(0, len(items) - 1, k).round()]
 
 
 def evaluate(loaded: Loaded, data: str | Path, split: str, out: str | Path, *,

@@ -40,6 +40,7 @@ from fifa_jax import fict
 from fifa_jax.config import Config
 from fifa_jax.data.pipeline import Augment, decode_image, normalise, resize_image, resize_mask
 from fifa_jax.data.records import MaskStore, cls_label_of, rle_decode
+from fifa_jax.data.subset import spread
 from fifa_jax.train import losses, optim, state as state_lib
 
 CONCEPTS: tuple[str, ...] = tuple(fict.CONCEPTS)
@@ -214,18 +215,12 @@ def run(cfg: Config, setup: state_lib.Setup, state: dict, masks_folder: str,
   return {**state, "params": params}
 
 
-def spread(items, k: int) -> np.ndarray:
-  """At most `k` of `items`, evenly spaced."""
-  items = np.asarray(items)
-  return items if len(items) <= k else items[np.linspace(0, len(items) - 1, k).round().astype(int)]
-
-
 def _held_out(predict, data: dict, batch: int = 16, per_image: int = 4) -> dict[str, float]:
   """On held-out faces: Det. accuracy; the IoU (pixels summed over the fakes) of the
   whole image's artifact mask; and, as Loc. records ask, the mean IoU of the Regional
   Artifact and Region Masks of up to `per_image` Atomic Concepts each fake's artifacts
-  touch (evenly spaced in FICT order; Loc. answers list Atomic Concepts).  Fixed-size batches, the last one wrapped, so one
-  compilation."""
+  touch (evenly spaced in FICT order; Loc. answers list Atomic Concepts).  Fixed-size
+  batches, the last one wrapped, so one compilation."""
   n = len(data["det"])
   right, inter, union, concept_iou, region_iou = 0, 0.0, 0.0, [], []
   for start in range(0, n, batch):
