@@ -88,6 +88,10 @@ class DataConfig:
   seg_capacity: int | None = None
   augment: bool = False  # random crop/scale, small shifts and colour jitter of training images
   worker_buffer: int = 2
+  # Length-grouped batches: windows of this many batches are sorted by token length
+  # and cut into batches, so short records pad to a short bucket (0: off).  The
+  # [SEG] slots are then set per bucket from the data (pipeline.LengthGrouped).
+  group_by_length: int = 0
 
 
 @dataclasses.dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import grain
 import numpy as np
@@ -169,3 +170,74 @@ def test_bucket_length():
   assert pipeline.bucket_length(97, [96, 128]) == 128
   assert pipeline.bucket_length(500, [96, 128]) == 128
   assert fict.NUM_ATOMIC == 112
+
+
+def _rows(batch) -> list[tuple[int, ...]]:
+  """Each row's unpadded ids."""
+  return [tuple(r[m.astype(bool)]) for r, m in zip(batch["input_ids"], batch["attention_mask"])]
+
+
+def test_length_grouped_batches_hold_the_same_records_padded_less(root, layout):
+  lay = dataclasses.replace(layout[0], buckets=(32, 48, 64, 96))  # the toy records: 24-54 tokens
+  window, batch = 4, 3
+  padded = {"plain": 0, "grouped": 0}
+  plain = pipeline.iterate(pc(root, dict(TABLE17_RATIOS), batch=batch), lay)
+  grouped = pipeline.iterate(pc(root, dict(TABLE17_RATIOS), batch=batch, group_by_length=window), lay)
+  for _ in range(2):  # two windows
+    a = [next(plain) for _ in range(window)]
+    b = [next(grouped) for _ in range(window)]
+    # The same records (and masks) within a window, only regrouped ...
+    assert sorted(r for x in a for r in _rows(x)) == sorted(r for x in b for r in _rows(x))
+    assert sum(int(x["seg_valid"].sum()) for x in a) == sum(int(x["seg_valid"].sum()) for x in b)
+    # ... each batch a run of the window's records sorted by length ...
+    spans = sorted((min(map(len, _rows(x))), max(map(len, _rows(x)))) for x in b)
+    assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))
+    # ... so they pad to no more tokens than batches as mixed.
+    padded["plain"] += sum(x["input_ids"].size for x in a)
+    padded["grouped"] += sum(x["input_ids"].size for x in b)
+    assert padded["grouped"] <= padded["plain"]
+  assert padded["grouped"] < padded["plain"], padded
+
+def test_length_grouped_iterator_resumes_exactly(root, layout):
+  lay, _ = layout
+  cfg = pc(root, dict(TABLE17_RATIOS), batch=2, group_by_length=3)
+  it = pipeline.iterate(cfg, lay)
+  for _ in range(4):  # into the second window
+    next(it)
+  state = it.get_state()
+  want = [next(it) for _ in range(3)]
+  again = pipeline.iterate(cfg, lay, state=state)
+  for w in want:
+    got = next(again)
+    for k in w:
+      np.testing.assert_array_equal(got[k], w[k], err_msg=k)
+
+
+def test_seg_capacity_by_bucket_follows_the_records_of_each_length(root, layout):
+  lay = dataclasses.replace(layout[0], buckets=(32, 48, 64, 96))
+  cfg = pc(root, dict(TABLE17_RATIOS), batch=4, group_by_length=4)
+  by_bucket = pipeline.seg_capacity_by_bucket(cfg, lay, multiple=4)
+  assert [b for b, _ in by_bucket] == list(lay.buckets)
+  assert all(c % 4 == 0 and c >= 4 for _, c in by_bucket)
+  # The toy's short records (Det., Cls.: 24 tokens) carry no [SEG]; longer ones do.
+  assert by_bucket[0][1] == 4 and by_bucket[2][1] > 4
+  grouped = dataclasses.replace(lay, seg_capacity=max(c for _, c in by_bucket),
+                                seg_capacity_by_bucket=by_bucket)
+  it = pipeline.iterate(cfg, grouped)
+  for _ in range(12):
+    b = next(it)
+    assert b["seg_rows"].shape[0] == grouped.capacity(b["input_ids"].shape[1])
+    assert not b["masks_dropped"].any()
+
+
+def test_pad_to_length_pads_slots_per_micro_batch():
+  b = {"input_ids": np.ones((2, 3), np.int32), "attention_mask": np.ones((2, 3), np.int32),
+       "loss_mask": np.ones((2, 3), np.int32), "seg_rows": np.asarray([0, 0, 1, 1], np.int32),
+       "seg_cols": np.asarray([1, 2, 1, 2], np.int32), "seg_valid": np.asarray([1, 0, 1, 1], bool),
+       "masks": np.arange(4, dtype=np.uint8).reshape(4, 1, 1, 1)}
+  out = pipeline.pad_to_length(b, 5, 0, capacity=8, micro_batches=2)
+  assert out["input_ids"].shape == (2, 5) and not out["attention_mask"][:, 3:].any()
+  # Micro-batch g's slots stay together at [4g, 4g + 4): the new ones at each group's end.
+  assert out["seg_rows"].tolist() == [0, 0, 0, 0, 1, 1, 0, 0]
+  assert out["seg_valid"].tolist() == [True, False, False, False, True, True, False, False]
+  assert out["masks"][:, 0, 0, 0].tolist() == [0, 1, 0, 0, 2, 3, 0, 0]

@@ -50,7 +50,7 @@ import grain
 import numpy as np
 
 from fifa_jax import tokens
-from fifa_jax.data import mixing
+from fifa_jax.data import mixing, subset
 from fifa_jax.data.records import MaskStore, QARecord, read_qa_records
 
 CLIP_MEAN = np.asarray([0.48145466, 0.4578275, 0.40821073], np.float32)
@@ -66,8 +66,14 @@ class Layout:
   buckets: tuple[int, ...]
   tokenizer: str | None = None  # folder; None: the offline demo tokenizer
   seg_capacity: int = 64  # [SEG] slots per (local) batch, all rows together
+  # With length-grouped batches, slots per bucket ((bucket, slots), ...); others: seg_capacity.
+  seg_capacity_by_bucket: tuple[tuple[int, int], ...] = ()
   micro_batches: int = 1  # gradient accumulation: slots grouped per micro-batch
   augment: bool = False  # random crop/scale and colour jitter of each image (training only)
+
+  def capacity(self, length: int) -> int:
+    """[SEG] slots of a batch padded to `length` tokens."""
+    return dict(self.seg_capacity_by_bucket).get(length, self.seg_capacity)
 
   @classmethod
   def for_model(cls, fcfg, buckets: Sequence[int], tokenizer: str | None, **kw) -> Layout:
@@ -112,6 +118,21 @@ def decode_image(data: bytes) -> np.ndarray:
   return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def token_ids(rec: QARecord, lay: Layout) -> tuple[np.ndarray, np.ndarray]:
+  """A record's input ids (Vicuna v1.1 template, the `<image>` expanded to L_I copies,
+  cut at the largest bucket) and its loss mask (1 on the answer and `</s>`)."""
+  tok = _tokenizer(lay.tokenizer)
+  prompt, target = tokens.VICUNA_V1_1.split(rec.prompt, rec.answer)
+  p_ids = tok(prompt).input_ids
+  t_ids = tok(target, add_special_tokens=False).input_ids
+  p_ids = tokens.expand_image_tokens(p_ids, tokens.special_token_ids(tok)[tokens.IMAGE],
+                                     lay.num_image_tokens)
+  ids = np.asarray(p_ids + t_ids, np.int32)
+  loss_mask = np.concatenate([np.zeros(len(p_ids), np.int32), np.ones(len(t_ids), np.int32)])
+  max_len = lay.buckets[-1]
+  return ids[:max_len], loss_mask[:max_len]
+
+
 class Preprocess:
   """Raw QA-record bytes -> one sample of numpy arrays (picklable for grain workers)."""
 
@@ -141,15 +162,7 @@ class Preprocess:
     small = resize_image(rgb, lay.image_size)
     pixels = normalise(aug.image(small) if aug else small)
 
-    prompt, target = tokens.VICUNA_V1_1.split(rec.prompt, rec.answer)
-    p_ids = tok(prompt).input_ids
-    t_ids = tok(target, add_special_tokens=False).input_ids
-    img_id = ids_of[tokens.IMAGE]
-    p_ids = tokens.expand_image_tokens(p_ids, img_id, lay.num_image_tokens)
-    ids = np.asarray(p_ids + t_ids, np.int32)
-    loss_mask = np.concatenate([np.zeros(len(p_ids), np.int32), np.ones(len(t_ids), np.int32)])
-    max_len = lay.buckets[-1]
-    ids, loss_mask = ids[:max_len], loss_mask[:max_len]
+    ids, loss_mask = token_ids(rec, lay)
 
     boxes = np.zeros((1, 4), np.float32)
     if rec.box is not None:
@@ -247,7 +260,7 @@ class Collate:
     out = {"input_ids": ids, "attention_mask": attn, "loss_mask": lmask}
     for k in ("pixels", "boxes", "det_label", "cls_label", "task"):
       out[k] = np.stack([s[k] for s in samples])
-    out.update(pack_segs(samples, self.layout.seg_capacity, self.layout.micro_batches,
+    out.update(pack_segs(samples, self.layout.capacity(length), self.layout.micro_batches,
                          self.layout.target_size))
     return out
 
@@ -281,14 +294,22 @@ def pack_segs(samples: Sequence[dict], capacity: int, micro_batches: int,
           "masks_dropped": dropped}
 
 
-def pad_to_length(batch: dict[str, np.ndarray], length: int, pad_id: int) -> dict[str, np.ndarray]:
-  """Right-pad the token arrays further (hosts agreeing on one bucket)."""
-  extra = length - batch["input_ids"].shape[1]
-  if extra <= 0:
-    return batch
+def pad_to_length(batch: dict[str, np.ndarray], length: int, pad_id: int,
+                  capacity: int | None = None, micro_batches: int = 1) -> dict[str, np.ndarray]:
+  """Right-pad the token arrays further, and with `capacity` the [SEG] slots too, each
+  micro-batch's group at its end (hosts agreeing on one bucket)."""
   out = dict(batch)
-  for k, v in (("input_ids", pad_id), ("attention_mask", 0), ("loss_mask", 0)):
-    out[k] = np.pad(batch[k], ((0, 0), (0, extra)), constant_values=v)
+  extra = length - batch["input_ids"].shape[1]
+  if extra > 0:
+    for k, v in (("input_ids", pad_id), ("attention_mask", 0), ("loss_mask", 0)):
+      out[k] = np.pad(batch[k], ((0, 0), (0, extra)), constant_values=v)
+  have = batch["seg_rows"].shape[0] if "seg_rows" in batch else 0
+  if capacity is not None and capacity > have:
+    n = micro_batches
+    for k in ("seg_rows", "seg_cols", "seg_valid", "masks"):
+      v = batch[k].reshape(n, have // n, *batch[k].shape[1:])
+      widths = [(0, 0), (0, (capacity - have) // n)] + [(0, 0)] * (v.ndim - 2)
+      out[k] = np.pad(v, widths).reshape(capacity, *batch[k].shape[1:])
   return out
 
 
@@ -304,6 +325,77 @@ class PipelineConfig:
   workers: int = 0
   worker_buffer: int = 2
   shuffle: bool = True
+  group_by_length: int = 0  # batches per window sorted by length (0: batches as mixed)
+
+
+def lengths_and_segs(recs: Sequence[QARecord], lay: Layout) -> tuple[np.ndarray, np.ndarray]:
+  """Per record, the tokens it takes in a batch (before padding) and the [SEG]s left in
+  them: what `token_ids` gives, from one batched tokenizer call."""
+  if not recs:
+    return np.zeros(0, np.int64), np.zeros(0, np.int64)
+  tok = _tokenizer(lay.tokenizer)
+  seg = tokens.special_token_ids(tok)[tokens.SEG]
+  split = [tokens.VICUNA_V1_1.split(r.prompt, r.answer) for r in recs]
+  prompts = tok([p for p, _ in split]).input_ids
+  answers = tok([a for _, a in split], add_special_tokens=False).input_ids
+  lengths, segs = [], []
+  for p, a in zip(prompts, answers):
+    room = lay.buckets[-1] - (len(p) + lay.num_image_tokens - 1)  # <image> -> L_I copies
+    lengths.append(min(len(p) + lay.num_image_tokens - 1 + len(a), lay.buckets[-1]))
+    segs.append(sum(1 for t in a[:max(room, 0)] if t == seg))
+  return np.asarray(lengths, np.int64), np.asarray(segs, np.int64)
+
+
+class LengthGrouped(grain.MapDataset):
+  """The mixed stream reordered so that a batch holds records of about one length.
+
+  Windows of `window` batches of the stream are sorted by token length and cut into
+  batches, whose order within the window is then shuffled: every record stays in its
+  window (the task mixture and epochs are unchanged), but a batch of short records
+  (Det., Cls., most R-/B- answers) pads to a short bucket instead of the longest
+  record's, as HF Trainer's `group_by_length` and tf.data's bucketing do.  A pure
+  function of the index, so resumes and host slices behave as without it.
+  """
+
+  def __init__(self, samples: grain.MapDataset, raw: grain.MapDataset, layout: Layout,
+               batch: int, window: int, seed: int):
+    super().__init__([samples, raw])
+    self._samples, self._raw = samples, raw
+    self._layout, self._batch, self._window, self._seed = layout, batch, window, seed
+    self._order = functools.lru_cache(maxsize=4)(self._window_order)
+
+  def __len__(self) -> int:
+    return len(self._samples)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    size = self._batch * self._window
+    w, k = divmod(index, size)
+    if (w + 1) * size > len(self):  # a finite stream's last, partial window: as it comes
+      return self._samples[index]
+    return self._samples[w * size + int(self._order(w)[k])]
+
+  def _window_order(self, w: int) -> np.ndarray:
+    """Window `w`'s positions, shortest first, in batches of `batch` shuffled as wholes."""
+    size = self._batch * self._window
+    recs = [QARecord.from_bytes(self._raw[w * size + i]) for i in range(size)]
+    lengths, _ = lengths_and_segs(recs, self._layout)
+    by_length = np.argsort(lengths, kind="stable").reshape(self._window, self._batch)
+    rng = np.random.default_rng((self._seed, w))
+    return by_length[rng.permutation(self._window)].reshape(-1)
+
+  def __getstate__(self):  # grain's worker processes get a copy without the cache
+    state = dict(self.__dict__)
+    del state["_order"]
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._order = functools.lru_cache(maxsize=4)(self._window_order)
+
+  def __str__(self) -> str:
+    return f"LengthGrouped(batch={self._batch}, window={self._window})"
 
 
 def make_dataset(pc: PipelineConfig, layout: Layout, process_index: int = 0,
@@ -314,8 +406,10 @@ def make_dataset(pc: PipelineConfig, layout: Layout, process_index: int = 0,
   masks = pc.masks.format(root=pc.root, split=pc.split)
   pre = Preprocess(layout, masks)
   # Augmentation draws from a seed per position in the stream: resumes repeat it exactly.
-  stream = stream.random_map(pre, seed=pc.seed) if layout.augment else stream.map(pre)
-  ds = stream.batch(pc.local_batch, batch_fn=Collate(layout))
+  samples = stream.random_map(pre, seed=pc.seed) if layout.augment else stream.map(pre)
+  if pc.group_by_length > 0:
+    samples = LengthGrouped(samples, stream, layout, pc.local_batch, pc.group_by_length, pc.seed)
+  ds = samples.batch(pc.local_batch, batch_fn=Collate(layout))
   # Threads for reading/decoding in each process; order stays deterministic.
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
   if pc.workers > 0:
@@ -378,3 +472,32 @@ def seg_capacity_for(counts: dict[str, np.ndarray], weights: dict[str, float], b
   need = batch * mean + sigmas * std * batch ** 0.5
   need = min(max(need, biggest, 1), batch * max(biggest, 1))
   return int(-(-int(np.ceil(need)) // multiple) * multiple)
+
+
+def seg_capacity_by_bucket(pc: PipelineConfig, lay: Layout, multiple: int = 8,
+                           per_task: int = 4000) -> tuple[tuple[int, int], ...]:
+  """[SEG] slots per length bucket for length-grouped batches, from the data.
+
+  A grouped batch of bucket b holds records of about that length, so its slots are
+  `seg_capacity_for` over the records (up to `per_task` of each task, spread over the
+  split) that fall in b, each task weighted by its mixing weight times its share of
+  records in b.  Long answers carry the most [SEG]s; short batches get few slots and
+  the mask decoder's cost follows.
+  """
+  stats = {}
+  for task, w in pc.tasks.items():
+    if w > 0:
+      files = mixing.task_files(pc.qa_glob, pc.root, pc.split, task)
+      recs = subset.spread([r for f in files for r in read_qa_records(f)], per_task)
+      lengths, segs = lengths_and_segs(recs, lay)
+      stats[task] = (np.asarray([bucket_length(n, lay.buckets) for n in lengths]), segs)
+  out = []
+  for b in lay.buckets:
+    counts = {t: segs[at == b] for t, (at, segs) in stats.items()}
+    weights = {t: pc.tasks[t] * float((at == b).mean()) if len(at) else 0.0
+               for t, (at, _) in stats.items()}
+    if sum(weights.values()) > 0:
+      out.append((b, seg_capacity_for(counts, weights, pc.local_batch, multiple)))
+    else:
+      out.append((b, multiple))  # no record this long
+  return tuple(out)

@@ -55,17 +55,21 @@ def pipeline_config(cfg: config_lib.Config, split: str, shuffle: bool = True) ->
                                  f"{jax.process_count()} processes")
   return pipeline.PipelineConfig(root=d.root, qa_glob=d.qa_glob, masks=d.masks, tasks=d.tasks,
                                  split=split, seed=d.seed, local_batch=t.batch_size // jax.process_count(),
-                                 workers=d.workers, worker_buffer=d.worker_buffer, shuffle=shuffle)
+                                 workers=d.workers, worker_buffer=d.worker_buffer, shuffle=shuffle,
+                                 group_by_length=d.group_by_length)
 
 
-def agree_length(batch: dict, pad_id: int) -> dict:
-  """All hosts pad to the largest bucket any host chose (global arrays need one shape)."""
+def agree_length(batch: dict, pad_id: int, layout: pipeline.Layout | None = None) -> dict:
+  """All hosts pad to the largest bucket any host chose (global arrays need one shape),
+  and to that bucket's [SEG] slots where they differ by bucket (length-grouped batches)."""
   if jax.process_count() == 1:
     return batch
   # lazy: multi-host only
   from jax.experimental import multihost_utils
   n = int(np.max(multihost_utils.process_allgather(np.int32(batch["input_ids"].shape[1]))))
-  return pipeline.pad_to_length(batch, n, pad_id)
+  if layout is None or not layout.seg_capacity_by_bucket:
+    return pipeline.pad_to_length(batch, n, pad_id)
+  return pipeline.pad_to_length(batch, n, pad_id, layout.capacity(n), layout.micro_batches)
 
 
 def make_layout(cfg: config_lib.Config, fcfg, mesh) -> pipeline.Layout:
@@ -74,6 +78,16 @@ def make_layout(cfg: config_lib.Config, fcfg, mesh) -> pipeline.Layout:
   n = cfg.train.grad_accum
   local_shards = max(1, (mesh.shape["data"] * mesh.shape["fsdp"]) // jax.process_count())
   multiple = int(np.lcm(8, local_shards)) * n
+  layout = pipeline.Layout.for_model(fcfg, cfg.data.buckets, cfg.model.tokenizer,
+                                     micro_batches=n, augment=cfg.data.augment)
+  if cfg.data.seg_capacity is None and cfg.data.group_by_length > 0:
+    pc = pipeline_config(cfg, cfg.data.split)
+    by_bucket = pipeline.seg_capacity_by_bucket(pc, layout, multiple)
+    log("[SEG] slots per batch, by length bucket: "
+        + ", ".join(f"{b} tokens: {c}" for b, c in by_bucket)
+        + " (from the data; set data.seg_capacity to fix one for all)")
+    return dataclasses.replace(layout, seg_capacity=max(c for _, c in by_bucket),
+                               seg_capacity_by_bucket=by_bucket)
   if cfg.data.seg_capacity is None:
     pc = pipeline_config(cfg, cfg.data.split)
     local = pipeline.seg_capacity_for(pipeline.seg_counts(pc), pc.tasks, pc.local_batch, multiple)
@@ -83,8 +97,7 @@ def make_layout(cfg: config_lib.Config, fcfg, mesh) -> pipeline.Layout:
                                  f"{multiple} (8, the batch's local devices and train.grad_accum)")
   else:
     local = cfg.data.seg_capacity // jax.process_count()
-  return pipeline.Layout.for_model(fcfg, cfg.data.buckets, cfg.model.tokenizer, seg_capacity=local,
-                                   micro_batches=n, augment=cfg.data.augment)
+  return dataclasses.replace(layout, seg_capacity=local)
 
 
 class _Compiled:
@@ -121,7 +134,7 @@ def evaluate(cfg, setup, layout, eval_step, state, pad_id) -> dict[str, float]:
                         jax.process_count())
   acc = metrics_lib.Accumulator()
   for _ in range(cfg.train.eval_batches):
-    batch = step_lib.to_global(setup.mesh, agree_length(next(it), pad_id))
+    batch = step_lib.to_global(setup.mesh, agree_length(next(it), pad_id, layout))
     m = eval_step(state, batch)
     m["finite"] = True
     acc.add(m)
@@ -244,7 +257,7 @@ def train(cfg: config_lib.Config, workdir: str | Path) -> int:
   try:
     with jax.set_mesh(mesh):
       while step < cfg.train.steps:
-        batch = agree_length(next(it), pad_id)
+        batch = agree_length(next(it), pad_id, layout)
         data_state = it.get_state()
         state, m = train_step(state, step_lib.to_global(mesh, batch))
         step += 1
