@@ -11,7 +11,7 @@ fifa=.venv/bin/fifa
 py=.venv/bin/python
 # One CPU device trains and evaluates this small model fastest (the Makefile's
 # 8 host devices are for the sharding tests).
-export XLA_FLAGS=
+export XLA_FLAGS=--xla_llvm_disable_expensive_passes=true
 STEPS=${DEMO_STEPS:-}
 mkdir -p "$out"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }

@@ -30,6 +30,7 @@ where both are empty has IoU 1 (LISA's convention), a pair where only one is emp
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import math
@@ -106,7 +107,6 @@ def caption_scores(predictions: list[str], references: list[list[str]]) -> dict[
   # lazy: pycocoevalcap (and the Java it starts) only when captions are scored
   from pycocoevalcap.bleu.bleu import Bleu
   from pycocoevalcap.cider.cider import Cider
-  from pycocoevalcap.meteor.meteor import Meteor
   from pycocoevalcap.rouge.rouge import Rouge
   from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
@@ -117,17 +117,31 @@ def caption_scores(predictions: list[str], references: list[list[str]]) -> dict[
     tok = PTBTokenizer()
     gts, res = tok.tokenize(gts), tok.tokenize(res)
     bleu, _ = Bleu(4).compute_score(gts, res)
-    meteor = Meteor()
-    try:
-      meteor_score, _ = meteor.compute_score(gts, res)
-    finally:
-      meteor.meteor_p.stdin.close()
-      meteor.meteor_p.kill()
-      meteor.meteor_p.wait()
+    meteor_score, _ = _meteor().compute_score(gts, res)
     rouge, _ = Rouge().compute_score(gts, res)
     cider, _ = Cider().compute_score(gts, res)
   return {"BLEU-4": float(bleu[3]), "METEOR": float(meteor_score), "ROUGE-L": float(rouge),
           "CIDEr": float(cider)}
+
+
+_METEOR = None
+
+
+def _meteor():
+  """One METEOR 1.5 process for all the calls of this process: its JVM start and
+  paraphrase tables take about 6 s, which a report's six caption columns paid each."""
+  global _METEOR
+  if _METEOR is None or _METEOR.meteor_p.poll() is not None:
+    from pycocoevalcap.meteor.meteor import Meteor  # lazy: starts Java
+    _METEOR = Meteor()
+    atexit.register(_close_meteor, _METEOR)
+  return _METEOR
+
+
+def _close_meteor(meteor) -> None:
+  meteor.meteor_p.stdin.close()
+  meteor.meteor_p.kill()
+  meteor.meteor_p.wait()
 
 
 @contextlib.contextmanager
