@@ -117,6 +117,10 @@ class LossConfig:
   det_cls: float = 0.2
   mask_bce: float = 0.5
   mask_dice: float = 2.0
+  # The text CE's mean: over the batch's answer tokens (LLaVA/LISA/GLaMM: "tokens"), or over
+  # each sample's tokens and then the samples ("samples"), so that a one-word decision in a
+  # short Det./Cls. answer is not outweighed by the hundreds of tokens of an AGE answer.
+  text_mean: str = "tokens"
 
 
 @dataclasses.dataclass
@@ -207,6 +211,8 @@ class Config:
         raise ConfigError(f"optim.lr_mult.{name}: multiplier must be >= 0, got {mult}")
     if not d.buckets or sorted(d.buckets) != d.buckets or min(d.buckets) <= 0:
       raise ConfigError(f"data.buckets: need increasing positive lengths, got {d.buckets}")
+    if self.loss.text_mean not in ("tokens", "samples"):
+      raise ConfigError(f"loss.text_mean: {self.loss.text_mean!r} is not one of ['samples', 'tokens']")
     if t.batch_size <= 0 or t.steps <= 0 or t.grad_accum <= 0:
       raise ConfigError("train.batch_size, train.steps and train.grad_accum must be positive")
     if t.batch_size % t.grad_accum:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fifa_jax import config
 from fifa_jax.train import losses as L
 
 
@@ -91,3 +92,33 @@ def test_fifa_loss_weights_the_parts_as_appendix_b():
   assert (w.text, w.det_cls, w.mask_bce, w.mask_dice) == (1.0, 0.2, 0.5, 2.0)
   # Only slots valid in both the data and the model count: 0 and 2, two masks each.
   assert int(parts["num_masks"]) == 4
+
+
+def test_text_mean_over_samples_weighs_each_answer_alike():
+  """`loss.text_mean: samples`: each sample's mean CE, then the mean over samples that have
+  answer tokens; a one-token answer weighs as much as a long one."""
+  rng = np.random.default_rng(5)
+  b, t, v = 3, 6, 7
+  logits = jnp.asarray(rng.normal(size=(b, t, v)), jnp.float32)
+  ids = jnp.asarray(rng.integers(0, v, (b, t)))
+  # Row 0: a long answer (positions 1-5); row 1: one answer token; row 2: none (no label).
+  loss_mask = jnp.asarray([[0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0]])
+  out = SimpleNamespace(logits=logits, det_logits=jnp.zeros((b, 2)), cls_logits=jnp.zeros((b, 5)),
+                        mask_logits=jnp.zeros((1, 2, 4, 4)), seg_valid=jnp.asarray([False]),
+                        seg_rows=jnp.asarray([0]))
+  batch = dict(input_ids=ids, loss_mask=loss_mask, det_label=-jnp.ones(b, jnp.int32),
+               cls_label=-jnp.ones(b, jnp.int32), masks=jnp.zeros((1, 2, 4, 4)),
+               seg_valid=jnp.asarray([False]))
+  ce, mask = L.token_ce(logits, ids, loss_mask)
+  ce, mask = np.asarray(ce), np.asarray(mask)
+  row_means = [ce[r].sum() / mask[r].sum() for r in (0, 1)]
+  _, by_samples = L.fifa_loss(out, batch, L.LossWeights(text_mean="samples"))
+  _, by_tokens = L.fifa_loss(out, batch, L.LossWeights())
+  np.testing.assert_allclose(by_samples["text"], np.mean(row_means), rtol=1e-6)
+  np.testing.assert_allclose(by_tokens["text"], ce.sum() / mask.sum(), rtol=1e-6)
+  assert not np.isclose(by_samples["text"], by_tokens["text"])
+
+
+def test_text_mean_is_checked():
+  with pytest.raises(config.ConfigError, match="loss.text_mean: 'sample' is not one of"):
+    config.load(None, ["loss.text_mean=sample"])
