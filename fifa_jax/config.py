@@ -119,7 +119,8 @@ class LossConfig:
   mask_dice: float = 2.0
   # The text CE's mean: over the batch's answer tokens (LLaVA/LISA/GLaMM: "tokens"), or over
   # each sample's tokens and then the samples ("samples"), so that a one-word decision in a
-  # short Det./Cls. answer is not outweighed by the hundreds of tokens of an AGE answer.
+  # short Det./Cls. answer is not outweighed by the hundreds of tokens of an AGE answer;
+  # "both": the average of the two.
   text_mean: str = "tokens"
 
 
@@ -211,8 +212,9 @@ class Config:
         raise ConfigError(f"optim.lr_mult.{name}: multiplier must be >= 0, got {mult}")
     if not d.buckets or sorted(d.buckets) != d.buckets or min(d.buckets) <= 0:
       raise ConfigError(f"data.buckets: need increasing positive lengths, got {d.buckets}")
-    if self.loss.text_mean not in ("tokens", "samples"):
-      raise ConfigError(f"loss.text_mean: {self.loss.text_mean!r} is not one of ['samples', 'tokens']")
+    if self.loss.text_mean not in ("tokens", "samples", "both"):
+      raise ConfigError(f"loss.text_mean: {self.loss.text_mean!r} is not one of "
+                        "['both', 'samples', 'tokens']")
     if t.batch_size <= 0 or t.steps <= 0 or t.grad_accum <= 0:
       raise ConfigError("train.batch_size, train.steps and train.grad_accum must be positive")
     if t.batch_size % t.grad_accum:

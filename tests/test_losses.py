@@ -117,6 +117,8 @@ def test_text_mean_over_samples_weighs_each_answer_alike():
   np.testing.assert_allclose(by_samples["text"], np.mean(row_means), rtol=1e-6)
   np.testing.assert_allclose(by_tokens["text"], ce.sum() / mask.sum(), rtol=1e-6)
   assert not np.isclose(by_samples["text"], by_tokens["text"])
+  _, both = L.fifa_loss(out, batch, L.LossWeights(text_mean="both"))
+  np.testing.assert_allclose(both["text"], 0.5 * (by_samples["text"] + by_tokens["text"]), rtol=1e-6)
 
 
 def test_text_mean_is_checked():

@@ -4,7 +4,7 @@ total = 1.0 * text CE + 0.2 * (Det. CE + Cls. CE) + 0.5 * mask BCE + 2.0 * mask 
 
 * text: autoregressive cross-entropy on answer tokens only (`loss_mask`), mean
   over those tokens in the batch (`loss.text_mean: samples`: each sample's mean,
-  then the mean over samples);
+  then the mean over samples; `both`: the average of the two);
 * Det./Cls.: cross-entropy, mean over the samples that carry the label
   (label < 0 means "no label");
 * masks: per-pixel BCE and Dice over every valid [SEG] slot's Region Mask and
@@ -87,13 +87,13 @@ def fifa_loss(out, batch, weights: LossWeights = LossWeights(),
   sums and counts ([num_tasks] each, by batch["task"]) of the same terms.
   """
   ce, tmask = token_ce(out.logits, batch["input_ids"], batch["loss_mask"])
-  if weights.text_mean == "samples":
-    per_sample, counts = ce.sum(-1), tmask.sum(-1)
+  text = ce.sum() / jnp.maximum(tmask.sum(), 1.0)
+  if weights.text_mean in ("samples", "both"):
+    counts = tmask.sum(-1)
     has = counts > 0
-    text = (jnp.where(has, per_sample / jnp.maximum(counts, 1.0), 0.0).sum()
-            / jnp.maximum(has.sum(), 1))
-  else:
-    text = ce.sum() / jnp.maximum(tmask.sum(), 1.0)
+    by_sample = (jnp.where(has, ce.sum(-1) / jnp.maximum(counts, 1.0), 0.0).sum()
+                 / jnp.maximum(has.sum(), 1))
+    text = by_sample if weights.text_mean == "samples" else 0.5 * (text + by_sample)
   det = label_loss(out.det_logits, batch["det_label"])
   cls = label_loss(out.cls_logits, batch["cls_label"])
   # LISA's F.interpolate of its low-resolution masks to the targets' size before the loss.
